@@ -1,0 +1,42 @@
+"""caap_lens: which image patches cause a Vision Transformer's prediction, by activation patching.
+
+``import caap_lens`` is light: it does not import timm, and the public names below are loaded on
+first use.
+
+Example:
+    >>> import caap_lens
+    >>> model = caap_lens.HookedViT.from_timm("vit_tiny_patch16_224", depth=2)  # doctest: +SKIP
+    >>> result = caap_lens.caap(model, images, target="predicted")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "HookedViT": "caap_lens.model.hooked_vit",
+    "HookedViTConfig": "caap_lens.config",
+    "PatchGrid": "caap_lens.grid",
+    "from_timm": "caap_lens.loading.timm_vit",
+    "caap": "caap_lens.caap.engine",
+    "CAAPResult": "caap_lens.caap.result",
+    "window_sweep": "caap_lens.sweeps",
+    "depth_profile": "caap_lens.sweeps",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'caap_lens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,176 @@
+"""The configuration of a hooked Vision Transformer: the architecture, nothing about training.
+
+A `HookedViTConfig` says everything needed to build `HookedViT` and to map image patches to token
+positions. It also carries the few fields TransformerLens's `ActivationCache` reads
+(``normalization_type``, ``attn_only``, ...), so cache analysis methods work unchanged.
+
+Example:
+    >>> cfg = HookedViTConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, image_size=32,
+    ...                       patch_size=8, n_classes=10)
+    >>> cfg.grid_size, cfg.n_tokens
+    ((4, 4), 17)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+Pooling = Literal["token", "avg", "token_dist"]
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+@dataclass
+class HookedViTConfig:
+    """Architecture of a `HookedViT`.
+
+    Args:
+        n_layers: Number of transformer blocks.
+        d_model: Width of the residual stream.
+        n_heads: Attention heads per block.
+        d_mlp: Hidden width of each MLP.
+        image_size: Input size in pixels, ``int`` or ``(height, width)``.
+        patch_size: Patch size in pixels, ``int`` or ``(height, width)``.
+        n_classes: Classifier outputs; 0 for a headless backbone (the output is the pooled feature).
+        d_head: Width of one head; defaults to ``d_model // n_heads``.
+        n_channels: Image channels.
+        class_token: Whether a CLS token is prepended.
+        n_register_tokens: Register tokens after the CLS token (DINOv2 "reg" models).
+        distilled: Whether a distillation token follows the CLS token (DeiT distilled).
+        pos_embed_on_prefix: Whether the position embedding covers prefix tokens too (timm's
+            ``not no_embed_class``); False in DeiT3 and DINOv2-with-registers.
+        pooling: ``"token"`` (CLS), ``"avg"`` (mean of patch tokens), or ``"token_dist"``
+            (mean of the CLS and distillation heads' logits, DeiT distilled at inference).
+        pre_norm: LayerNorm on the embeddings before block 0 (CLIP image towers).
+        final_norm: LayerNorm on every token after the last block.
+        pooled_norm: LayerNorm after pooling (timm's ``fc_norm``).
+        layer_scale: Per-channel scales on each block's attention and MLP outputs (DeiT3, DINOv2).
+        qkv_bias: Biases on the query/key/value projection.
+        act_fn: MLP non-linearity.
+        eps: LayerNorm epsilon.
+        image_mean: Per-channel mean used by preprocessing.
+        image_std: Per-channel standard deviation used by preprocessing.
+        family: Name of the timm family this config was converted from (informational).
+        source: The timm architecture or file it came from (informational).
+    """
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_mlp: int
+    image_size: tuple[int, int] | int
+    patch_size: tuple[int, int] | int
+    n_classes: int = 1000
+    d_head: int | None = None
+    n_channels: int = 3
+    class_token: bool = True
+    n_register_tokens: int = 0
+    distilled: bool = False
+    pos_embed_on_prefix: bool = True
+    pooling: Pooling = "token"
+    pre_norm: bool = False
+    final_norm: bool = True
+    pooled_norm: bool = False
+    layer_scale: bool = False
+    qkv_bias: bool = True
+    act_fn: Activation = "gelu"
+    eps: float = 1e-6
+    image_mean: tuple[float, ...] = _IMAGENET_MEAN
+    image_std: tuple[float, ...] = _IMAGENET_STD
+    family: str = "vit"
+    source: str = ""
+    # Fields read by TransformerLens's ActivationCache; fixed for this architecture.
+    normalization_type: str = field(default="LN", init=False)
+    attn_only: bool = field(default=False, init=False)
+    final_rms: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.image_size = _pair(self.image_size, "image_size")
+        self.patch_size = _pair(self.patch_size, "patch_size")
+        self.image_mean = tuple(float(v) for v in self.image_mean)
+        self.image_std = tuple(float(v) for v in self.image_std)
+        if self.d_head is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads}): "
+                    "pass d_head explicitly"
+                )
+            self.d_head = self.d_model // self.n_heads
+        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_channels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for axis in range(2):
+            if self.image_size[axis] % self.patch_size[axis]:
+                raise ValueError(
+                    f"image_size {self.image_size} is not a whole number of patches of "
+                    f"{self.patch_size}"
+                )
+        if len(self.image_mean) != self.n_channels or len(self.image_std) != self.n_channels:
+            raise ValueError(
+                f"image_mean/image_std need {self.n_channels} values (one per channel), got "
+                f"{len(self.image_mean)} and {len(self.image_std)}"
+            )
+        if self.pooling not in ("token", "avg", "token_dist"):
+            raise ValueError(f"pooling must be 'token', 'avg' or 'token_dist', got {self.pooling!r}")
+        if self.pooling == "token" and not self.class_token:
+            raise ValueError("pooling='token' needs class_token=True")
+        if self.pooling == "token_dist" and not self.distilled:
+            raise ValueError("pooling='token_dist' needs distilled=True")
+        if self.act_fn not in ("gelu", "gelu_tanh", "quick_gelu", "relu"):
+            raise ValueError(
+                f"act_fn must be one of gelu, gelu_tanh, quick_gelu, relu; got {self.act_fn!r}"
+            )
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches per column and per row: ``(grid_h, grid_w)``."""
+        return (
+            self.image_size[0] // self.patch_size[0],  # type: ignore[index]
+            self.image_size[1] // self.patch_size[1],  # type: ignore[index]
+        )
+
+    @property
+    def n_patches(self) -> int:
+        """Number of patch tokens."""
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def n_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens: CLS, then registers or the distillation token."""
+        return int(self.class_token) + int(self.distilled) + self.n_register_tokens
+
+    @property
+    def n_tokens(self) -> int:
+        """Sequence length: prefix tokens plus patch tokens."""
+        return self.n_prefix_tokens + self.n_patches
+
+    @property
+    def n_pos_embed(self) -> int:
+        """Rows of the learned position embedding."""
+        return self.n_tokens if self.pos_embed_on_prefix else self.n_patches
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict that `from_dict` turns back into an equal config."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HookedViTConfig":
+        """Builds a config from `to_dict` output, rejecting unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown HookedViTConfig fields: {sorted(unknown)}")
+        return cls(**data)

@@ -1,0 +1,356 @@
+"""Converting timm Vision Transformers to `HookedViT`, one converter per family.
+
+Supported families (all built on timm's ``VisionTransformer``):
+
+============  =======================================================================================
+``vit``       original and augreg ViTs (``vit_*_patch*_224``), CLS or mean pooling, optional pre-norm
+``deit``      DeiT, including distilled models (a second prefix token and head, logits averaged)
+``deit3``     DeiT III: layer scale, no position embedding on the CLS token
+``dinov2``    DINOv2 with and without registers (patch 14, layer scale); create with ``img_size=224``
+``clip``      CLIP image towers as timm builds them (``vit_*_clip_*``): pre-norm, quick-GELU variants,
+              with a head (classifier or projection) or headless
+============  =======================================================================================
+
+Each family converter checks the structure it relies on *before* anything is built, so an unsupported
+module fails with an error naming the supported families and nothing is half-loaded. Weights are
+copied, not shared: the converted model is independent of the timm model.
+
+Example:
+    >>> model = from_timm("vit_tiny_patch16_224", depth=2)  # random init, no download
+    >>> model.cfg.family, model.cfg.n_layers
+    ('vit', 2)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from caap_lens._timm import import_timm
+from caap_lens.config import HookedViTConfig
+from caap_lens.model.hooked_vit import HookedViT
+
+FAMILY_EXAMPLES = {
+    "vit": "vit_small_patch16_224, vit_base_patch16_224.augreg_in21k_ft_in1k",
+    "deit": "deit_small_patch16_224, deit_tiny_distilled_patch16_224",
+    "deit3": "deit3_small_patch16_224",
+    "dinov2": "vit_small_patch14_dinov2, vit_small_patch14_reg4_dinov2 (with img_size=224)",
+    "clip": "vit_base_patch16_clip_224.openai, vit_base_patch16_clip_quickgelu_224",
+}
+
+
+class UnsupportedModelError(TypeError):
+    """The timm model is not one of the supported ViT families."""
+
+
+def _supported() -> str:
+    return "; ".join(f"{family} (e.g. {names})" for family, names in FAMILY_EXAMPLES.items())
+
+
+def _unsupported(what: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"{what}. caap_lens converts timm VisionTransformer models of these families: {_supported()}"
+    )
+
+
+def _is(module: nn.Module, *class_names: str) -> bool:
+    return type(module).__name__ in class_names
+
+
+def _layer_norm(module: nn.Module, where: str) -> nn.Module | None:
+    """The LayerNorm at ``where``, or None for Identity; anything else is unsupported."""
+    if _is(module, "Identity"):
+        return None
+    if isinstance(module, nn.LayerNorm) and module.elementwise_affine and module.weight is not None:
+        return module
+    raise _unsupported(f"{where} is {type(module).__name__}, expected LayerNorm or Identity")
+
+
+def _activation(act: nn.Module) -> str:
+    if _is(act, "QuickGELU"):
+        return "quick_gelu"
+    if _is(act, "GELU"):
+        return "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu"
+    if _is(act, "GELUTanh"):
+        return "gelu_tanh"
+    if _is(act, "ReLU"):
+        return "relu"
+    raise _unsupported(f"MLP activation {type(act).__name__} is not supported (GELU, QuickGELU, ReLU are)")
+
+
+def _check_blocks(model: nn.Module, eps: float) -> None:
+    for i, block in enumerate(model.blocks):
+        where = f"blocks[{i}]"
+        if not _is(block, "Block"):
+            raise _unsupported(f"{where} is {type(block).__name__}, expected timm's pre-norm Block")
+        attn, mlp = block.attn, block.mlp
+        if not _is(attn, "Attention") or not hasattr(attn, "qkv"):
+            raise _unsupported(f"{where}.attn is {type(attn).__name__}, expected Attention with fused qkv")
+        extras = [n for n in ("q_norm", "k_norm", "norm") if not _is(getattr(attn, n, nn.Identity()), "Identity")]
+        if extras or getattr(attn, "gate", None) is not None:
+            raise _unsupported(f"{where}.attn uses {extras or ['gate']}, which HookedViT does not model")
+        if not _is(mlp, "Mlp") or not _is(getattr(mlp, "norm", nn.Identity()), "Identity"):
+            raise _unsupported(f"{where}.mlp is {type(mlp).__name__}, expected a plain two-layer Mlp")
+        for name in ("norm1", "norm2"):
+            norm = _layer_norm(getattr(block, name), f"{where}.{name}")
+            if norm is None or norm.eps != eps:
+                raise _unsupported(f"{where}.{name} must be a LayerNorm with eps={eps}")
+        for name in ("ls1", "ls2"):
+            if not _is(getattr(block, name), "Identity", "LayerScale"):
+                raise _unsupported(f"{where}.{name} is {type(getattr(block, name)).__name__}")
+
+
+def _base_config(model: nn.Module, family: str, source: str) -> HookedViTConfig:
+    """The config shared by every family, after checking the structure it relies on."""
+    if getattr(model, "attn_pool", None) is not None:
+        raise _unsupported("attention-pool heads (global_pool='map') are not supported")
+    if model.global_pool not in ("token", "avg"):
+        raise _unsupported(
+            f"global_pool={model.global_pool!r} is not supported; create the model with "
+            "global_pool='token' or 'avg'"
+        )
+    if getattr(model, "pos_embed", None) is None:
+        raise _unsupported("models without a learned absolute position embedding (e.g. RoPE) are not supported")
+    pe = model.patch_embed
+    proj = getattr(pe, "proj", None)
+    if (
+        not _is(pe, "PatchEmbed")
+        or not isinstance(proj, nn.Conv2d)
+        or tuple(proj.kernel_size) != tuple(proj.stride)
+        or tuple(proj.padding) != (0, 0)
+        or not _is(pe.norm, "Identity")
+        or getattr(pe, "dynamic_img_pad", False)
+    ):
+        raise _unsupported(f"patch embedding {type(pe).__name__} is not a plain non-overlapping PatchEmbed")
+    block0 = model.blocks[0]
+    eps = block0.norm1.eps
+    _check_blocks(model, eps)
+    norms = {name: _layer_norm(getattr(model, name), name) for name in ("norm_pre", "norm", "fc_norm")}
+    if any(n is not None and n.eps != eps for n in norms.values()):
+        raise _unsupported("all LayerNorms must share one eps")
+    head = model.head
+    if not (_is(head, "Identity") or isinstance(head, nn.Linear)):
+        raise _unsupported(f"head is {type(head).__name__}, expected Linear or Identity")
+    distilled = hasattr(model, "dist_token")
+    pcfg = getattr(model, "pretrained_cfg", {}) or {}
+    img_size = tuple(pe.img_size)
+    n_classes = head.out_features if isinstance(head, nn.Linear) else 0
+    return HookedViTConfig(
+        n_layers=len(model.blocks),
+        d_model=model.embed_dim,
+        n_heads=block0.attn.num_heads,
+        d_head=block0.attn.head_dim,
+        d_mlp=block0.mlp.fc1.out_features,
+        image_size=img_size,
+        patch_size=tuple(proj.kernel_size),
+        n_classes=n_classes,
+        n_channels=proj.in_channels,
+        class_token=model.cls_token is not None,
+        n_register_tokens=int(getattr(model, "num_reg_tokens", 0) or 0),
+        distilled=distilled,
+        pos_embed_on_prefix=not model.no_embed_class,
+        pooling="token_dist" if distilled else model.global_pool,
+        pre_norm=norms["norm_pre"] is not None,
+        final_norm=norms["norm"] is not None,
+        pooled_norm=norms["fc_norm"] is not None,
+        layer_scale=_is(block0.ls1, "LayerScale"),
+        qkv_bias=block0.attn.qkv.bias is not None,
+        act_fn=_activation(block0.mlp.act),
+        eps=eps,
+        image_mean=tuple(pcfg.get("mean", (0.485, 0.456, 0.406))),
+        image_std=tuple(pcfg.get("std", (0.229, 0.224, 0.225))),
+        family=family,
+        source=source,
+    )
+
+
+def _copy(dst: torch.Tensor | None, src: torch.Tensor | None) -> None:
+    if dst is None:
+        return
+    with torch.no_grad():
+        if src is None:
+            dst.zero_()  # timm layer without a bias: ours holds zeros
+        else:
+            dst.copy_(src.reshape(dst.shape))
+
+
+def _copy_linear(dst: nn.Linear, src: nn.Linear) -> None:
+    _copy(dst.weight, src.weight)
+    _copy(dst.bias, src.bias)
+
+
+def _copy_norm(dst: Any, src: nn.Module | None) -> None:
+    if dst is not None and src is not None:
+        _copy(dst.w, src.weight)
+        _copy(dst.b, src.bias)
+
+
+def _copy_weights(hooked: HookedViT, model: nn.Module) -> None:
+    _copy(hooked.embed.proj.weight, model.patch_embed.proj.weight)
+    _copy(hooked.embed.proj.bias, model.patch_embed.proj.bias)
+    _copy(hooked.embed.cls_token, model.cls_token)
+    _copy(hooked.embed.dist_token, getattr(model, "dist_token", None))
+    _copy(hooked.embed.reg_token, getattr(model, "reg_token", None))
+    _copy(hooked.pos_embed.W_pos, model.pos_embed)
+    _copy_norm(hooked.ln_pre, model.norm_pre if hooked.ln_pre is not None else None)
+    for ours, theirs in zip(hooked.blocks, model.blocks):
+        _copy_norm(ours.ln1, theirs.norm1)
+        _copy_norm(ours.ln2, theirs.norm2)
+        _copy_linear(ours.attn.qkv, theirs.attn.qkv)
+        _copy_linear(ours.attn.proj, theirs.attn.proj)
+        _copy_linear(ours.mlp.fc1, theirs.mlp.fc1)
+        _copy_linear(ours.mlp.fc2, theirs.mlp.fc2)
+        if ours.attn.layer_scale is not None:
+            _copy(ours.attn.layer_scale, theirs.ls1.gamma)
+            _copy(ours.mlp.layer_scale, theirs.ls2.gamma)
+    _copy_norm(hooked.ln_final, model.norm if hooked.ln_final is not None else None)
+    _copy_norm(hooked.ln_pooled, model.fc_norm if hooked.ln_pooled is not None else None)
+    if hooked.head is not None:
+        _copy_linear(hooked.head, model.head)
+    if hooked.head_dist is not None:
+        _copy_linear(hooked.head_dist, model.head_dist)
+
+
+def _class_names(model: nn.Module, n_classes: int) -> tuple[str, ...] | None:
+    if n_classes not in (1000, 11821, 21841, 21843):
+        return None
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset is None:
+            return None
+        names = ImageNetInfo(subset).label_descriptions()
+        return tuple(n.split(",")[0] for n in names) if len(names) == n_classes else None
+    except Exception:  # class names are a convenience; the model converts without them
+        return None
+
+
+def _build(model: nn.Module, cfg: HookedViTConfig, class_names: Any) -> HookedViT:
+    names = class_names if class_names is not None else _class_names(model, cfg.n_classes)
+    hooked = HookedViT(cfg, class_names=names)
+    hooked.to(dtype=next(model.parameters()).dtype)
+    _copy_weights(hooked, model)
+    return hooked.to(next(model.parameters()).device)
+
+
+# ------------------------------------------------------------------------------ family converters
+def convert_vit(model: nn.Module, source: str = "", class_names: Any = None) -> HookedViT:
+    """Original/augreg ViT: no layer scale, one CLS token."""
+    cfg = _base_config(model, "vit", source)
+    if cfg.layer_scale or cfg.distilled or cfg.n_register_tokens:
+        raise _unsupported("a 'vit' family model has no layer scale, distillation or register tokens")
+    return _build(model, cfg, class_names)
+
+
+def convert_deit(model: nn.Module, source: str = "", class_names: Any = None) -> HookedViT:
+    """DeiT, distilled or not (a distilled model averages its CLS and distillation heads)."""
+    cfg = _base_config(model, "deit", source)
+    if cfg.distilled and not hasattr(model, "head_dist"):
+        raise _unsupported("distilled DeiT without head_dist")
+    return _build(model, cfg, class_names)
+
+
+def convert_deit3(model: nn.Module, source: str = "", class_names: Any = None) -> HookedViT:
+    """DeiT III: layer scale, position embedding on patch tokens only."""
+    cfg = _base_config(model, "deit3", source)
+    if not cfg.layer_scale:
+        raise _unsupported("a DeiT III model is expected to have layer scale (ls1/ls2)")
+    return _build(model, cfg, class_names)
+
+
+def convert_dinov2(model: nn.Module, source: str = "", class_names: Any = None) -> HookedViT:
+    """DINOv2 with or without registers; runs at the size the timm model was created for."""
+    cfg = _base_config(model, "dinov2", source)
+    if not cfg.layer_scale:
+        raise _unsupported("a DINOv2 model is expected to have layer scale (ls1/ls2)")
+    return _build(model, cfg, class_names)
+
+
+def convert_clip(model: nn.Module, source: str = "", class_names: Any = None) -> HookedViT:
+    """CLIP image tower: pre-norm; the head (if any) is the classifier or the image projection."""
+    cfg = _base_config(model, "clip", source)
+    if not cfg.pre_norm:
+        raise _unsupported("a CLIP image tower is expected to have a pre-norm (norm_pre LayerNorm)")
+    return _build(model, cfg, class_names)
+
+
+CONVERTERS: dict[str, Callable[..., HookedViT]] = {
+    "vit": convert_vit,
+    "deit": convert_deit,
+    "deit3": convert_deit3,
+    "dinov2": convert_dinov2,
+    "clip": convert_clip,
+}
+
+
+def detect_family(model: nn.Module) -> str:
+    """The family of a timm model: by architecture name when timm recorded one, else by structure."""
+    timm = import_timm()
+    vt = timm.models.vision_transformer.VisionTransformer
+    if not isinstance(model, vt):
+        raise _unsupported(f"{type(model).__name__} is not a timm VisionTransformer")
+    arch = str((getattr(model, "pretrained_cfg", None) or {}).get("architecture", "") or "")
+    for family, prefix in (("deit3", "deit3_"), ("deit", "deit_"), ("clip", "_clip_"), ("dinov2", "_dinov2")):
+        if prefix in arch or arch.startswith(prefix):
+            return family
+    if hasattr(model, "dist_token"):
+        return "deit"
+    if not _is(model.norm_pre, "Identity"):
+        return "clip"
+    if _is(model.blocks[0].ls1, "LayerScale"):
+        patch = tuple(model.patch_embed.proj.kernel_size)
+        return "dinov2" if patch == (14, 14) else "deit3"
+    return "vit"
+
+
+def from_timm(
+    model_or_name: nn.Module | str,
+    family: str | None = None,
+    class_names: Any = None,
+    **timm_kwargs: Any,
+) -> HookedViT:
+    """Converts a timm ViT to `HookedViT`.
+
+    Args:
+        model_or_name: A timm model, or a name for ``timm.create_model``.
+        family: Force a family converter instead of detecting it (see ``CONVERTERS``).
+        class_names: Names of the classifier outputs (ImageNet names are filled in when timm
+            recognises an ImageNet head).
+        **timm_kwargs: Passed to ``timm.create_model`` when a name is given, e.g.
+            ``pretrained=True``, ``checkpoint_path="my_finetune.safetensors"`` (a local timm
+            checkpoint: the way to load your own weights), ``num_classes=10``, ``img_size=224``.
+
+    Returns:
+        The hooked model in eval mode, on the timm model's device and dtype.
+
+    Example:
+        >>> model = from_timm("deit3_small_patch16_224", depth=2)
+        >>> model.cfg.layer_scale
+        True
+    """
+    timm = import_timm()
+    if isinstance(model_or_name, str):
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        name = model_or_name
+        try:
+            model = timm.create_model(name, **timm_kwargs)
+        except RuntimeError as err:
+            if "Unknown model" in str(err):
+                raise _unsupported(f"timm has no model named {name!r}") from err
+            raise
+    else:
+        if timm_kwargs:
+            raise TypeError(
+                f"timm keyword arguments {sorted(timm_kwargs)} only apply when a model name is given"
+            )
+        model = model_or_name
+        name = str((getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__))
+    family = family or detect_family(model)
+    if family not in CONVERTERS:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(CONVERTERS)}")
+    model.eval()
+    return CONVERTERS[family](model, source=name, class_names=class_names)

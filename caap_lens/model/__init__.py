@@ -1,0 +1,5 @@
+"""The hooked Vision Transformer and its components (one module per component)."""
+
+from caap_lens.model.hooked_vit import HookedViT
+
+__all__ = ["HookedViT"]

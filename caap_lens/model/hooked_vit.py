@@ -1,0 +1,297 @@
+"""`HookedViT`: a Vision Transformer whose every activation is a live TransformerLens hook point.
+
+The model is a `transformer_lens.HookedRootModule`, so ``run_with_hooks``, ``hooks()`` and
+``run_with_cache`` work as for TransformerLens language models; ``run_with_cache`` returns a
+TransformerLens `ActivationCache` (``cache["resid_pre", 3]``, ``decompose_resid``, ...).
+``forward(start_at_layer=, stop_at_layer=)`` runs part of the network, so a run can resume from a
+cached residual stream — the basis of fast activation patching.
+
+Hook points (shapes per hook):
+
+    hook_embed                  [batch, pos, d_model]  prefix tokens + patch projections
+    hook_pos_embed              [batch, pos, d_model]
+    ln_pre.hook_*               pre-norm models only (CLIP)
+    blocks.{l}.hook_resid_pre   [batch, pos, d_model]
+    blocks.{l}.ln1.hook_scale   [batch, pos, 1]       ln1/ln2.hook_normalized [batch, pos, d_model]
+    blocks.{l}.attn.hook_q/k/v/z            [batch, pos, head, d_head]
+    blocks.{l}.attn.hook_attn_scores/pattern [batch, head, query_pos, key_pos]
+    blocks.{l}.attn.hook_result  [batch, pos, head, d_model]  (after set_use_attn_result(True))
+    blocks.{l}.hook_attn_out / hook_resid_mid / hook_mlp_out / hook_resid_post [batch, pos, d_model]
+    blocks.{l}.mlp.hook_pre/post [batch, pos, d_mlp]
+    ln_final.hook_scale/normalized  final norm over all tokens
+    hook_pooled                 [batch, d_model]  (hook_pooled_dist for distilled models)
+    ln_pooled.hook_*            norm after pooling (timm's fc_norm), when the model has one
+    hook_logits                 [batch, n_classes] (the pooled feature for headless models)
+
+Example:
+    >>> cfg = HookedViTConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, image_size=16,
+    ...                       patch_size=4, n_classes=5)
+    >>> model = HookedViT(cfg)
+    >>> logits, cache = model.run_with_cache(torch.randn(1, 3, 16, 16))
+    >>> logits.shape, cache["resid_pre", 1].shape
+    (torch.Size([1, 5]), torch.Size([1, 17, 32]))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.hook_points import HookPoint
+
+from caap_lens.config import HookedViTConfig
+from caap_lens.grid import PatchGrid
+from caap_lens.model.block import TransformerBlock
+from caap_lens.model.embed import PatchEmbed, PosEmbed
+from caap_lens.model.layer_norm import LayerNorm
+from caap_lens.preprocessing import preprocess
+
+ReturnType = Literal["logits", "pooled", None]
+
+
+class HookedViT(HookedRootModule):
+    """A hooked ViT (timm's ``VisionTransformer`` layout) built from a `HookedViTConfig`.
+
+    Build one from timm with `HookedViT.from_timm`, or the bundled model with
+    `HookedViT.from_pretrained`. ``class_names`` (optional) names the classifier outputs.
+    """
+
+    def __init__(self, cfg: HookedViTConfig, class_names: Sequence[str] | None = None):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed = PatchEmbed(
+            d, cfg.patch_size, cfg.n_channels, cfg.class_token, cfg.distilled, cfg.n_register_tokens
+        )
+        self.pos_embed = PosEmbed(cfg.n_pos_embed, d, cfg.n_tokens)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.ln_pre = LayerNorm(d, cfg.eps) if cfg.pre_norm else None
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                d, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.act_fn, cfg.eps, cfg.qkv_bias, cfg.layer_scale
+            )
+            for _ in range(cfg.n_layers)
+        )
+        self.ln_final = LayerNorm(d, cfg.eps) if cfg.final_norm else None
+        self.hook_pooled = HookPoint()  # [batch, d_model]
+        self.hook_pooled_dist = HookPoint() if cfg.distilled else None  # [batch, d_model]
+        self.ln_pooled = LayerNorm(d, cfg.eps) if cfg.pooled_norm else None
+        self.head = nn.Linear(d, cfg.n_classes) if cfg.n_classes else None
+        self.head_dist = nn.Linear(d, cfg.n_classes) if cfg.n_classes and cfg.distilled else None
+        self.hook_logits = HookPoint()  # [batch, n_classes] ([batch, d_model] when headless)
+        self.class_names = tuple(class_names) if class_names is not None else None
+        if self.class_names is not None and len(self.class_names) != cfg.n_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {cfg.n_classes} classes")
+        self.grid = PatchGrid(cfg.grid_size, cfg.patch_size, cfg.n_prefix_tokens)  # type: ignore[arg-type]
+        self.eval()
+        self.setup()
+
+    # ----------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_timm(cls, model_or_name: Any, **timm_kwargs: Any) -> "HookedViT":
+        """Converts a timm ViT (a module, or a name passed to ``timm.create_model``).
+
+        See `caap_lens.loading.from_timm` for the families supported and the arguments.
+
+        Example:
+            >>> model = HookedViT.from_timm("vit_tiny_patch16_224", depth=2)  # random weights
+        """
+        from caap_lens.loading.timm_vit import from_timm  # loading sits above the model
+
+        return from_timm(model_or_name, **timm_kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs: Any) -> "HookedViT":
+        """Loads a model bundled with caap_lens by name, offline (see `caap_lens.loading.bundled`)."""
+        from caap_lens.loading.bundled import load_bundled
+
+        return load_bundled(name, **kwargs)
+
+    # ------------------------------------------------------------------------------------- input
+    @property
+    def device(self) -> torch.device:
+        return self.embed.proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.proj.weight.dtype
+
+    def preprocess(self, images: Any, resize: bool = True) -> Float[Tensor, "batch channel height width"]:
+        """Turns PIL images, arrays or 0..1/uint8 tensors into normalised input on the model's device.
+
+        Example:
+            >>> x = model.preprocess(PIL.Image.open("cat.png"))  # doctest: +SKIP
+        """
+        x = preprocess(images, self.cfg.image_size, self.cfg.image_mean, self.cfg.image_std, resize)  # type: ignore[arg-type]
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def check_images(self, images: Any) -> Tensor:
+        """Raises a clear error unless ``images`` is a normalised ``[batch, C, H, W]`` input batch."""
+        cfg = self.cfg
+        expected = f"[batch, {cfg.n_channels}, {cfg.image_size[0]}, {cfg.image_size[1]}]"  # type: ignore[index]
+        if not isinstance(images, Tensor):
+            raise TypeError(
+                f"expected a float tensor {expected}, got {type(images).__name__}; "
+                "use model.preprocess(...) for PIL images and arrays"
+            )
+        if not images.is_floating_point():
+            raise TypeError(
+                f"expected normalised float images {expected}, got dtype {images.dtype}; "
+                "use model.preprocess(images) to scale and normalise them"
+            )
+        if images.ndim == 3:
+            raise ValueError(
+                f"expected a batch {expected}, got one unbatched image {tuple(images.shape)}; "
+                "add a batch axis with images.unsqueeze(0)"
+            )
+        if images.ndim != 4 or images.shape[1] != cfg.n_channels or tuple(images.shape[2:]) != cfg.image_size:
+            raise ValueError(
+                f"expected images {expected}, got {tuple(images.shape)}; "
+                "use model.preprocess(images) to resize"
+            )
+        if images.dtype != self.dtype:
+            raise TypeError(
+                f"images are {images.dtype} but the model is {self.dtype}: convert with images.to({self.dtype})"
+            )
+        return images.to(self.device)
+
+    def _check_resid(self, resid: Any, layer: int) -> Tensor:
+        expected = (self.cfg.n_tokens, self.cfg.d_model)
+        if not isinstance(resid, Tensor) or resid.ndim != 3 or tuple(resid.shape[1:]) != expected:
+            shape = tuple(resid.shape) if isinstance(resid, Tensor) else type(resid).__name__
+            raise ValueError(
+                f"start_at_layer={layer} expects the residual stream [batch, {expected[0]}, "
+                f"{expected[1]}] before block {layer}, got {shape}"
+            )
+        return resid
+
+    def _layer_index(self, layer: int | None, name: str, default: int) -> int:
+        if layer is None:
+            return default
+        n = self.cfg.n_layers
+        index = layer + n if layer < 0 else layer
+        if not 0 <= index <= n:
+            raise ValueError(f"{name}={layer} is outside [-{n}, {n}] for a {n}-layer model")
+        return index
+
+    # ----------------------------------------------------------------------------------- forward
+    def embed_images(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream before block 0."""
+        tokens = self.hook_embed(self.embed(images))
+        resid = tokens + self.hook_pos_embed(self.pos_embed(images.shape[0]))
+        return resid if self.ln_pre is None else self.ln_pre(resid)
+
+    def pool(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
+        """Final norm, then pooling (CLS token or mean of patch tokens), with the pooled hooks."""
+        return self._pool(self._final_norm(resid))
+
+    def _final_norm(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        return resid if self.ln_final is None else self.ln_final(resid)
+
+    def _pool(self, normed: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
+        if self.cfg.pooling == "avg":
+            pooled = normed[:, self.cfg.n_prefix_tokens :].mean(dim=1)
+        else:
+            pooled = normed[:, 0]
+        pooled = self.hook_pooled(pooled)
+        return pooled if self.ln_pooled is None else self.ln_pooled(pooled)
+
+    def unembed(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch n_classes"]:
+        """From the final residual stream to the output (logits, or the pooled feature if headless)."""
+        normed = self._final_norm(resid)
+        pooled = self._pool(normed)
+        if self.head is None:
+            return self.hook_logits(pooled)
+        logits = self.head(pooled)
+        if self.head_dist is not None:
+            dist = self.hook_pooled_dist(normed[:, 1])
+            logits = (logits + self.head_dist(dist)) / 2
+        return self.hook_logits(logits)
+
+    def forward(
+        self,
+        images: Tensor,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+        return_type: ReturnType = "logits",
+    ) -> Tensor:
+        """Runs the model, or the part of it between two layers.
+
+        Args:
+            images: Normalised images ``[batch, C, H, W]``; or, with ``start_at_layer``, the residual
+                stream ``[batch, pos, d_model]`` before that block.
+            start_at_layer: Start at this block, from a residual stream.
+            stop_at_layer: Stop before this block and return the residual stream there.
+            return_type: ``"logits"`` (the output), ``"pooled"`` (the pooled feature before the head)
+                or None (run for the hooks only, return None).
+
+        Returns:
+            ``[batch, n_classes]`` logits, ``[batch, d_model]`` pooled features, or
+            ``[batch, pos, d_model]`` when ``stop_at_layer`` is given.
+        """
+        start = self._layer_index(start_at_layer, "start_at_layer", 0)
+        stop = self._layer_index(stop_at_layer, "stop_at_layer", self.cfg.n_layers)
+        if start > stop:
+            raise ValueError(f"start_at_layer ({start}) is after stop_at_layer ({stop})")
+        if start_at_layer is None:
+            resid = self.embed_images(self.check_images(images))
+        else:
+            resid = self._check_resid(images, start)
+        for block in self.blocks[start:stop]:
+            resid = block(resid)
+        if stop_at_layer is not None:
+            return resid
+        if return_type == "pooled":
+            return self.pool(resid)
+        out = self.unembed(resid)
+        return out if return_type == "logits" else None
+
+    # ------------------------------------------------------------------------------------- cache
+    def run_with_cache(self, *model_args: Any, **kwargs: Any) -> tuple[Any, ActivationCache]:  # type: ignore[override]
+        """Runs the model and returns ``(output, ActivationCache)``; arguments as in TransformerLens.
+
+        Example:
+            >>> logits, cache = model.run_with_cache(images, names_filter=lambda n: "resid" in n)  # doctest: +SKIP
+        """
+        remove_batch_dim = kwargs.get("remove_batch_dim", False)
+        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
+        return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Compute per-head outputs ``attn.hook_result`` [batch, pos, head, d_model] (slower, as in TL)."""
+        for block in self.blocks:
+            block.attn.use_attn_result = use_attn_result
+
+    # ----------------------------------------------------------------------- TL-style weight views
+    @property
+    def W_U(self) -> Float[Tensor, "d_model n_classes"]:
+        if self.head is None:
+            raise AttributeError("headless model: no W_U")
+        return self.head.weight.T
+
+    @property
+    def b_U(self) -> Float[Tensor, "n_classes"]:
+        if self.head is None:
+            raise AttributeError("headless model: no b_U")
+        return self.head.bias
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_patch d_model"]:
+        return self.embed.W_E
+
+    @property
+    def W_pos(self) -> Float[Tensor, "n_pos d_model"]:
+        return self.pos_embed.W_pos
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HookedViT({c.family}: {c.n_layers} layers, d_model={c.d_model}, {c.n_heads} heads, "
+            f"image {c.image_size}, patch {c.patch_size}, grid {c.grid_size}, "
+            f"{c.n_prefix_tokens} prefix tokens, {c.n_classes} classes)"
+        )
