@@ -21,8 +21,8 @@ _EXPORTS = {
     "HookedViTConfig": "caap_lens.config",
     "PatchGrid": "caap_lens.grid",
     "from_timm": "caap_lens.loading.timm_vit",
-    "caap": "caap_lens.caap.engine",
-    "CAAPResult": "caap_lens.caap.result",
+    "caap": "caap_lens.attribution.engine",
+    "CAAPResult": "caap_lens.attribution.result",
     "window_sweep": "caap_lens.sweeps",
     "depth_profile": "caap_lens.sweeps",
 }

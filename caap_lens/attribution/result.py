@@ -1,0 +1,86 @@
+"""`CAAPResult`: a CAAP map with the settings that produced it and how long it took.
+
+Example:
+    >>> result = caap(model, images)  # doctest: +SKIP
+    >>> result.map.shape, result.settings["layers"], result.timing["seconds"]  # doctest: +SKIP
+    (torch.Size([1, 14, 14]), (4, 8), 3.1)
+    >>> result.to_pixels().shape  # doctest: +SKIP
+    torch.Size([1, 224, 224])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from caap_lens.grid import PatchGrid
+
+
+@dataclass
+class CAAPResult:
+    """The attribution of one CAAP run.
+
+    Attributes:
+        map: Scores per image: ``[batch, grid_h, grid_w]`` for patches, ``[batch, n_heads, gh, gw]``
+            per head, ``[batch, n_layers, n_heads, gh, gw]`` per layer and head, ``[batch, n_regions]``
+            for regions (heads in front of regions likewise).
+        targets: Class index per image ``[batch]``.
+        source_score: The score of the unpatched source run ``[batch]``.
+        context_score: The score of the unpatched context run ``[batch]``.
+        grid: The model's patch grid.
+        settings: Every choice that produced the map (window, hook, context, score, ...).
+        timing: ``seconds`` (total), ``patched_seconds``, ``rows`` (patched runs),
+            ``block_evals`` (transformer blocks evaluated per row, summed).
+    """
+
+    map: Float[Tensor, "batch *units"]
+    targets: Int[Tensor, " batch"]
+    source_score: Float[Tensor, " batch"]
+    context_score: Float[Tensor, " batch"]
+    grid: PatchGrid
+    settings: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def _per_image(self, values: Tensor) -> Tensor:
+        return values.reshape(-1, *([1] * (self.map.ndim - 1)))
+
+    @property
+    def effect(self) -> Float[Tensor, "batch *units"]:
+        """The map minus the context's score: 0 means the patch changes nothing."""
+        if self.settings.get("relative"):
+            return self.map
+        return self.map - self._per_image(self.context_score)
+
+    @property
+    def recovered(self) -> Float[Tensor, "batch *units"]:
+        """The effect as a fraction of the source-minus-context gap (1 = the full source score)."""
+        gap = self.source_score - self.context_score
+        return self.effect / self._per_image(gap)
+
+    def to_pixels(self, mode: str = "nearest") -> Float[Tensor, "*lead height width"]:
+        """The patch map upsampled to the model's input pixels (patch maps only)."""
+        if self.map.ndim < 3 or tuple(self.map.shape[-2:]) != self.grid.grid_size:
+            raise ValueError("to_pixels needs a patch map; region results have no pixel layout")
+        return self.grid.to_pixels(self.map, mode=mode)
+
+    def top_patches(self, k: int = 5, image: int = 0) -> list[dict[str, Any]]:
+        """The ``k`` highest-scoring patches of one image: index, row, column, value."""
+        if self.map.ndim != 3:
+            raise ValueError("top_patches needs a [batch, gh, gw] patch map")
+        flat = self.map[image].flatten()
+        values, index = flat.topk(min(k, flat.numel()))
+        return [
+            {"patch": int(i), "row": self.grid.rc_of(int(i))[0], "col": self.grid.rc_of(int(i))[1], "value": float(v)}
+            for v, i in zip(values, index)
+        ]
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (
+            f"CAAPResult(map {tuple(self.map.shape)}, layers={s.get('layers')}, hook={s.get('hook')!r}, "
+            f"context={s.get('context')!r}, score={s.get('score')!r}, {self.timing.get('seconds', 0):.2f}s)"
+        )

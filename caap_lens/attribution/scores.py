@@ -1,0 +1,110 @@
+"""Scores: how a patched run's output is turned into one number per row.
+
+A score is any callable ``score(output, target) -> [rows]`` where ``output`` is the model output
+``[rows, n_out]`` (logits, or the pooled feature of a headless model) and ``target`` the class index
+of each row ``[rows]``. Built-ins, by name:
+
+* ``"logit"`` (default) — the target logit: linear in the last residual stream, no saturation.
+* ``"prob"`` — softmax probability of the target.
+* ``"log_prob"`` — log-softmax of the target.
+* ``"margin"`` — target logit minus the largest other logit.
+* `logit_diff(other)` — target logit minus a fixed other class's logit.
+* `embedding_similarity(embeddings)` — cosine similarity of the output to ``embeddings[target]``
+  (score headless backbones, e.g. a CLIP image tower against text embeddings).
+
+With ``relative=True`` in `caap`, the context run's own score is subtracted, so 0 means "no effect".
+
+Example:
+    >>> logits = torch.tensor([[2.0, 0.0, 1.0]])
+    >>> float(margin(logits, torch.tensor([0])))
+    1.0
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Score = Callable[[Tensor, Tensor], Tensor]
+ScoreLike = Union[str, Score]
+
+
+def _pick(values: Tensor, target: Tensor) -> Tensor:
+    return values.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
+
+
+def logit(output: Float[Tensor, "rows n_out"], target: Int[Tensor, " rows"]) -> Float[Tensor, " rows"]:
+    """The target's logit."""
+    return _pick(output.float(), target)
+
+
+def prob(output: Float[Tensor, "rows n_out"], target: Int[Tensor, " rows"]) -> Float[Tensor, " rows"]:
+    """The target's softmax probability."""
+    return _pick(output.float().softmax(-1), target)
+
+
+def log_prob(output: Float[Tensor, "rows n_out"], target: Int[Tensor, " rows"]) -> Float[Tensor, " rows"]:
+    """The target's log-softmax."""
+    return _pick(output.float().log_softmax(-1), target)
+
+
+def margin(output: Float[Tensor, "rows n_out"], target: Int[Tensor, " rows"]) -> Float[Tensor, " rows"]:
+    """Target logit minus the largest other logit."""
+    out = output.float()
+    others = out.scatter(-1, target.long().unsqueeze(-1), float("-inf"))
+    return _pick(out, target) - others.max(-1).values
+
+
+def logit_diff(other: int) -> Score:
+    """A score: target logit minus the logit of class ``other``."""
+
+    def logit_difference(output: Tensor, target: Tensor) -> Tensor:
+        return _pick(output.float(), target) - output.float()[:, other]
+
+    logit_difference.__name__ = f"logit_diff(other={other})"
+    return logit_difference
+
+
+def embedding_similarity(embeddings: Float[Tensor, "n_targets d_out"]) -> Score:
+    """A score: cosine similarity between the output and ``embeddings[target]``."""
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings must be [n_targets, d_out], got {tuple(embeddings.shape)}")
+
+    def similarity(output: Tensor, target: Tensor) -> Tensor:
+        if output.shape[-1] != embeddings.shape[-1]:
+            raise ValueError(
+                f"output width {output.shape[-1]} does not match embedding width {embeddings.shape[-1]}"
+            )
+        ref = embeddings.to(output.device, torch.float32)[target.long()]
+        return F.cosine_similarity(output.float(), ref, dim=-1)
+
+    similarity.__name__ = "embedding_similarity"
+    return similarity
+
+
+SCORES: dict[str, Score] = {"logit": logit, "prob": prob, "log_prob": log_prob, "margin": margin}
+
+
+def resolve_score(score: ScoreLike) -> Score:
+    """A score function from a name or a callable."""
+    if isinstance(score, str):
+        if score not in SCORES:
+            raise ValueError(f"unknown score {score!r}: choose one of {', '.join(SCORES)} or pass a callable")
+        return SCORES[score]
+    if callable(score):
+        return score
+    raise TypeError(f"score must be a name or a callable, got {type(score).__name__}")
+
+
+def score_name(score: ScoreLike) -> str:
+    """A readable name for a score."""
+    return score if isinstance(score, str) else getattr(score, "__name__", type(score).__name__)
+
+
+def scores_index_classes(score: ScoreLike) -> bool:
+    """Whether targets index the model's output classes (so they can be range-checked)."""
+    return isinstance(score, str) or getattr(score, "__name__", "").startswith("logit_diff")
