@@ -32,7 +32,7 @@ from torch import Tensor
 
 from caap_lens.attribution.contexts import resolve_context
 from caap_lens.attribution.result import CAAPResult
-from caap_lens.attribution.runner import Window, finish, run_patched, source_run
+from caap_lens.attribution.runner import Window, finish, lowered_blocks, run_patched, source_run
 from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.attribution.units import Units, head_units, patch_units, region_units
@@ -126,22 +126,22 @@ def patched_scores(
         raise ValueError(f"per-head maps patch attn.hook_z; got hook={hook!r} (use hook='z' or leave it unset)")
     score_fns = {score_name(s): resolve_score(s) for s in scores}
     ctx = resolve_context(context)
-    with torch.inference_mode(), model.hooks(fwd_hooks=list(fwd_hooks)):
+    with lowered_blocks(model, dtype), torch.inference_mode(), model.hooks(fwd_hooks=list(fwd_hooks)):
         x = prepare_images(model, images)
         batch = x.shape[0]
         units = units if units is not None else build_units(model, batch, region, heads)
         layers = sorted({layer for start, stop in windows for layer in range(start, stop)})
         names = {patchable_hook_name(hook, layer) for layer in layers}
-        source_out, source = source_run(model, x, names, dtype)
+        source_out, source = source_run(model, x, names)
         targets = resolve_targets(model, target, source_out, all(scores_index_classes(s) for s in scores))
         starts = sorted({start for start, _ in windows})
         ctx_resid = ctx.residuals(model, x, starts)
-        ctx_out = {w: finish(model, ctx_resid[w[0]], w[0], dtype).float().cpu() for w in windows}
+        ctx_out = {w: finish(model, ctx_resid[w[0]], w[0]).float().cpu() for w in windows}
         total = batch * units.n_units * len(starts)
         bar = _Progress(total, progress, "CAAP")
         t1 = time.perf_counter()
         try:
-            out = run_patched(model, ctx_resid, source, hook, windows, units, batch_size, dtype, on_chunk=bar)
+            out = run_patched(model, ctx_resid, source, hook, windows, units, batch_size, on_chunk=bar)
         finally:
             bar.close()
         t2 = time.perf_counter()
@@ -230,7 +230,8 @@ def caap(
         per_layer: With ``heads``, patch one layer of the window at a time
             (map ``[batch, n_window_layers, n_heads, gh, gw]``).
         batch_size: Patched runs per forward pass (memory grows linearly with it).
-        dtype: ``torch.bfloat16`` to run the blocks in bf16 autocast (head stays float32).
+        dtype: ``torch.bfloat16`` to run the blocks' weights in bf16 (the residual stream, final
+            norm and head stay float32); the model's own weights are restored exactly afterwards.
         progress: Show a progress bar.
         fwd_hooks: Extra TransformerLens hooks active in every run (source, context, patched).
 

@@ -11,8 +11,10 @@ the window. What makes it fast:
 * windows that share a start share the patched trajectory: at each further ``stop`` the runner forks
   an unpatched run to the output and carries on patching (a full window sweep costs ~0.56x running
   every window alone on 12 layers);
-* everything runs under ``torch.inference_mode``; ``dtype=torch.bfloat16`` runs the blocks under
-  autocast while the final norm and head stay in float32 (differences between patched runs are small).
+* everything runs under ``torch.inference_mode``; ``dtype=torch.bfloat16`` runs the blocks' weights
+  and sublayers in bf16 while the residual stream, the final norm and the head stay in float32: the
+  differences between patched runs are small, and a bf16 residual would round them away. (This is
+  ~15% faster than autocast, which re-casts activations at every linear layer.)
 
 Example:
     >>> out = run_patched(model, ctx, source, "resid_pre", [(4, 8)], units, batch_size=64)  # doctest: +SKIP
@@ -34,32 +36,44 @@ from caap_lens.patching import patch_from_source, patchable_hook_name
 Window = tuple[int, int]
 
 
-def precision(model: Any, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast for the transformer blocks when ``dtype`` is a lower precision than the model's."""
+@contextlib.contextmanager
+def lowered_blocks(model: Any, dtype: torch.dtype | None) -> Iterator[None]:
+    """Runs the transformer blocks with ``dtype`` weights, restoring the originals exactly afterwards.
+
+    The parameters keep their identity (hooks and references stay valid); only their data is swapped
+    for a lower-precision copy, and swapped back in ``finally``. Embedding, final norm and head keep
+    the model's dtype, so the residual stream between blocks stays in full precision.
+    """
     if dtype is None or dtype == model.dtype:
-        return contextlib.nullcontext()
+        yield
+        return
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be None, torch.bfloat16 or torch.float16, got {dtype}")
-    return torch.autocast(device_type=model.device.type, dtype=dtype)
+    saved = []
+    try:
+        with torch.no_grad():
+            for param in model.blocks.parameters():
+                saved.append((param, param.data))
+                param.data = param.data.to(dtype)
+        yield
+    finally:
+        for param, data in saved:
+            param.data = data
 
 
-def run_blocks(model: Any, resid: Tensor, start: int, stop: int, dtype: torch.dtype | None) -> Tensor:
-    """Blocks ``[start, stop)`` on a residual stream, in the requested precision."""
-    with precision(model, dtype):
-        for block in model.blocks[start:stop]:
-            resid = block(resid)
+def run_blocks(model: Any, resid: Tensor, start: int, stop: int) -> Tensor:
+    """Blocks ``[start, stop)`` on a residual stream."""
+    for block in model.blocks[start:stop]:
+        resid = block(resid)
     return resid
 
 
-def finish(model: Any, resid: Tensor, start: int, dtype: torch.dtype | None) -> Tensor:
-    """Unpatched run from block ``start`` to the output; final norm and head in the model's dtype."""
-    resid = run_blocks(model, resid, start, model.cfg.n_layers, dtype)
-    return model.unembed(resid.to(model.dtype))
+def finish(model: Any, resid: Tensor, start: int) -> Tensor:
+    """Unpatched run from block ``start`` to the output (final norm and head in the model's dtype)."""
+    return model.unembed(run_blocks(model, resid, start, model.cfg.n_layers).to(model.dtype))
 
 
-def source_run(
-    model: Any, images: Tensor, hook_names: set[str], dtype: torch.dtype | None
-) -> tuple[Tensor, dict[str, Tensor]]:
+def source_run(model: Any, images: Tensor, hook_names: set[str]) -> tuple[Tensor, dict[str, Tensor]]:
     """The source output and its activations at ``hook_names``."""
     cache: dict[str, Tensor] = {}
 
@@ -67,9 +81,7 @@ def source_run(
         cache[hook.name] = act
 
     with model.hooks(fwd_hooks=[(name, keep) for name in sorted(hook_names)]):
-        with precision(model, dtype):
-            resid = model.embed_images(images)
-        out = finish(model, resid, 0, dtype)
+        out = finish(model, model.embed_images(images), 0)
     return out, cache
 
 
@@ -86,7 +98,6 @@ def run_patched(
     windows: Sequence[Window],
     units: Units,
     batch_size: int = 64,
-    dtype: torch.dtype | None = None,
     on_chunk: Callable[[int], None] | None = None,
 ) -> Float[Tensor, "n_windows batch n_units n_out"]:
     """Outputs of every patched run.
@@ -99,7 +110,6 @@ def run_patched(
         windows: ``(start, stop)`` layer windows.
         units: What each row patches.
         batch_size: Rows per forward pass.
-        dtype: Lower precision for the blocks (see `precision`).
         on_chunk: Called with the number of rows after each chunk (progress bars).
 
     Returns:
@@ -125,9 +135,9 @@ def run_patched(
                     name = patchable_hook_name(hook, layer)
                     patch = patch_from_source(source[name], mask, image_index)
                     with model.hooks(fwd_hooks=[(name, patch)]):
-                        resid = run_blocks(model, resid, layer, layer + 1, dtype)
+                        resid = run_blocks(model, resid, layer, layer + 1)
                     layer += 1
-                results[(start, stop)].append(finish(model, resid, stop, dtype).float().cpu())
+                results[(start, stop)].append(finish(model, resid, stop).float().cpu())
             if on_chunk is not None:
                 on_chunk(end - begin)
     stacked = [torch.cat(results[w], dim=0).reshape(batch, units.n_units, -1) for w in windows]

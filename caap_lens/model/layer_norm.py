@@ -37,6 +37,8 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
+        if x.dtype != self.w.dtype:  # a float32 residual stream entering a lower-precision block
+            x = x.to(self.w.dtype)
         if not has_hooks(self.hook_scale):
             out = F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
             return self.hook_normalized(out)
