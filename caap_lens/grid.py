@@ -134,6 +134,8 @@ class PatchGrid:
             raise ValueError(
                 f"pixel map must end in the image size {self.image_size}, got {tuple(pixel_map.shape)}"
             )
+        if reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
         gh, gw = self.grid_size
         ph, pw = self.patch_size
         x = pixel_map.reshape(*pixel_map.shape[:-2], gh, ph, gw, pw).float()

@@ -36,7 +36,10 @@ def _to_nchw(image: Any) -> Tensor:
             image = image[None]
         if image.ndim != 4:
             raise ValueError(f"numpy images must be HW, HWC or NHWC, got shape {image.shape}")
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(0, 3, 1, 2)
+        array = np.ascontiguousarray(image)
+        if not array.flags.writeable:  # e.g. np.asarray(PIL image): torch warns on read-only arrays
+            array = array.copy()
+        tensor = torch.from_numpy(array).permute(0, 3, 1, 2)
     elif isinstance(image, Tensor):
         tensor = image.detach().cpu()
         if tensor.ndim == 2:

@@ -187,8 +187,16 @@ class HookedViT(HookedRootModule):
         return resid if self.ln_pre is None else self.ln_pre(resid)
 
     def pool(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
-        """Final norm, then pooling (CLS token or mean of patch tokens), with the pooled hooks."""
-        return self._pool(self._final_norm(resid))
+        """Final norm, then pooling (CLS token or mean of patch tokens), with the pooled hooks.
+
+        A distilled model's pooled feature is the mean of its CLS and distillation tokens, as timm's
+        ``forward_head(pre_logits=True)``.
+        """
+        normed = self._final_norm(resid)
+        pooled = self._pool(normed)
+        if self.cfg.pooling == "token_dist":
+            pooled = (pooled + self.hook_pooled_dist(normed[:, 1])) / 2
+        return pooled
 
     def _final_norm(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         return resid if self.ln_final is None else self.ln_final(resid)

@@ -21,8 +21,8 @@ from transformer_lens.hook_points import HookPoint
 
 
 def has_hooks(hook_point: HookPoint) -> bool:
-    """Whether any forward hook is attached to ``hook_point`` (so its value must be computed)."""
-    return bool(hook_point._forward_hooks)
+    """Whether any forward or backward hook is attached to ``hook_point`` (so its value must be computed)."""
+    return bool(hook_point._forward_hooks or hook_point._backward_hooks)
 
 
 class LayerNorm(nn.Module):
