@@ -77,10 +77,14 @@ def patchable_hook_name(hook: str, layer: int) -> str:
 
 
 def _broadcast_mask(mask: Tensor, act: Tensor) -> Tensor:
-    if mask.ndim > act.ndim or tuple(mask.shape[1:]) != tuple(act.shape[1 : mask.ndim]):
+    if (
+        not 2 <= mask.ndim <= act.ndim
+        or mask.shape[0] not in (1, act.shape[0])
+        or tuple(mask.shape[1:]) != tuple(act.shape[1 : mask.ndim])
+    ):
         raise ValueError(
             f"patch mask of shape {tuple(mask.shape)} does not fit activation {tuple(act.shape)}: "
-            "expected [batch, pos] or [batch, pos, head]"
+            "expected [batch or 1, pos] or [batch or 1, pos, head]"
         )
     return mask.reshape(*mask.shape, *([1] * (act.ndim - mask.ndim)))
 

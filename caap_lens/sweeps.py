@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from caap_lens.attribution.engine import caap, patched_scores
+from caap_lens.attribution.engine import caap, check_window, patched_scores
 from caap_lens.attribution.result import CAAPResult
 from caap_lens.attribution.runner import Window
 from caap_lens.attribution.scores import ScoreLike, score_name
@@ -92,7 +92,11 @@ def window_sweep(
         **kwargs: ``context``, ``hook``, ``relative``, ``region``, ``heads``, ``batch_size``,
             ``dtype``, ``progress``, ``fwd_hooks`` as in `caap`.
     """
-    windows = all_windows(model.cfg.n_layers) if windows == "all" else [tuple(w) for w in windows]  # type: ignore[misc]
+    if isinstance(windows, str):
+        if windows != "all":
+            raise ValueError(f"windows must be 'all' or a list of (start, stop) pairs, got {windows!r}")
+        windows = all_windows(model.cfg.n_layers)
+    windows = [check_window(model, w) for w in windows]  # clear errors; (start, stop) tuples for map_for
     if kwargs.get("heads") not in (None, False):
         kwargs.setdefault("hook", "z")
     maps, info = patched_scores(model, images, target, windows, scores=[score], **kwargs)
@@ -118,11 +122,19 @@ def context_sweep(
     model: Any, images: Any, target: Any = "predicted", contexts: Sequence[Any] = ("mean", "black", "blur", "noise"),
     **kwargs: Any,
 ) -> dict[str, CAAPResult]:
-    """One `caap` result per neutral context (same window, hook and score), keyed by context name."""
-    results = {}
+    """One `caap` result per neutral context (same window, hook and score), keyed by context name.
+
+    Contexts that share a name (two image tensors, two lambdas) are told apart by a suffix
+    ``" #2"``, ``" #3"``, ... so that no result is lost.
+    """
+    results: dict[str, CAAPResult] = {}
     for context in contexts:
         result = caap(model, images, target, context=context, **kwargs)
-        results[result.settings["context"]] = result
+        key, n = result.settings["context"], 1
+        while key in results:
+            n += 1
+            key = f"{result.settings['context']} #{n}"
+        results[key] = result
     return results
 
 
@@ -136,9 +148,11 @@ def score_sweep(
     **kwargs: Any,
 ) -> dict[str, CAAPResult]:
     """Several scores of the same patched runs (computed once), keyed by score name."""
-    from caap_lens.attribution.engine import check_window, default_window
+    from caap_lens.attribution.engine import default_window
 
     window = check_window(model, layers if layers is not None else default_window(model.cfg.n_layers))
+    if kwargs.get("heads") not in (None, False):
+        kwargs.setdefault("hook", "z")  # as in `caap`: per-head maps patch attn.hook_z
     maps, info = patched_scores(model, images, target, [window], scores=scores, **kwargs)
     return {
         name: CAAPResult(

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import time
 from typing import Any, Sequence
 
@@ -49,7 +50,7 @@ def check_window(model: Any, layers: Any) -> Window:
     """Validates a ``(start, stop)`` window against the model's depth."""
     n = model.cfg.n_layers
     try:
-        start, stop = (int(v) for v in layers)
+        start, stop = (operator.index(v) for v in layers)  # ints only: 1.5 is not silently 1
     except (TypeError, ValueError):
         raise ValueError(f"layers must be a (start, stop) pair of ints, got {layers!r}") from None
     if not 0 <= start < stop <= n:
@@ -125,6 +126,9 @@ def patched_scores(
     if heads not in (None, False) and hook != "z":
         raise ValueError(f"per-head maps patch attn.hook_z; got hook={hook!r} (use hook='z' or leave it unset)")
     score_fns = {score_name(s): resolve_score(s) for s in scores}
+    if len(score_fns) != len(scores):  # maps are keyed by score name: a repeated name would be lost
+        names = [score_name(s) for s in scores]
+        raise ValueError(f"scores need distinct names (set __name__ on callables), got {names}")
     ctx = resolve_context(context)
     with lowered_blocks(model, dtype), torch.inference_mode(), model.hooks(fwd_hooks=list(fwd_hooks)):
         x = prepare_images(model, images)
@@ -254,13 +258,15 @@ def caap(
     name = score_name(score)
     values = maps[name]  # [n_windows, batch, *units]
     values = values.transpose(0, 1) if per_layer else values[0]
-    ctx_score = info["context_score"][name]
+    ctx_score = info["context_score"][name]  # [n_windows, batch]
     settings = {"layers": window, **info["settings"], "score": name, "per_layer": per_layer}
     return CAAPResult(
         map=values,
         targets=info["targets"],
         source_score=info["source_score"][name],
-        context_score=ctx_score[0] if not per_layer else ctx_score[0],
+        # per_layer: each layer is its own window, with its own context run (they differ for
+        # activation contexts such as "mean_activation"): [batch, n_window_layers].
+        context_score=ctx_score.transpose(0, 1) if per_layer else ctx_score[0],
         grid=model.grid,
         settings=settings,
         timing=info["timing"],

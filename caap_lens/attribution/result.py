@@ -30,7 +30,8 @@ class CAAPResult:
             for regions (heads in front of regions likewise).
         targets: Class index per image ``[batch]``.
         source_score: The score of the unpatched source run ``[batch]``.
-        context_score: The score of the unpatched context run ``[batch]``.
+        context_score: The score of the unpatched context run ``[batch]`` (``[batch, n_layers]``
+            per layer: each layer's window has its own context run).
         grid: The model's patch grid.
         settings: Every choice that produced the map (window, hook, context, score, ...).
         timing: ``seconds`` (total), ``patched_seconds``, ``rows`` (patched runs),
@@ -40,13 +41,14 @@ class CAAPResult:
     map: Float[Tensor, "batch *units"]
     targets: Int[Tensor, " batch"]
     source_score: Float[Tensor, " batch"]
-    context_score: Float[Tensor, " batch"]
+    context_score: Float[Tensor, "batch *layers"]
     grid: PatchGrid
     settings: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
 
     def _per_image(self, values: Tensor) -> Tensor:
-        return values.reshape(-1, *([1] * (self.map.ndim - 1)))
+        """``[batch]`` (or ``[batch, n_layers]`` per layer) values broadcast against the map."""
+        return values.reshape(*values.shape, *([1] * (self.map.ndim - values.ndim)))
 
     @property
     def effect(self) -> Float[Tensor, "batch *units"]:
@@ -58,8 +60,8 @@ class CAAPResult:
     @property
     def recovered(self) -> Float[Tensor, "batch *units"]:
         """The effect as a fraction of the source-minus-context gap (1 = the full source score)."""
-        gap = self.source_score - self.context_score
-        return self.effect / self._per_image(gap)
+        gap = self._per_image(self.source_score) - self._per_image(self.context_score)
+        return self.effect / gap
 
     def to_pixels(self, mode: str = "nearest") -> Float[Tensor, "*lead height width"]:
         """The patch map upsampled to the model's input pixels (patch maps only)."""

@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import numbers
+import operator
 from typing import Any, Sequence, Union
 
 import torch
@@ -30,7 +32,12 @@ def _one(model: Any, target: Any, n_out: int | None) -> int:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"unknown class name {target!r}{hint}")
         return lowered.index(target.lower())
-    index = int(target)
+    if isinstance(target, float) and target.is_integer():
+        target = int(target)  # a float tensor of labels
+    try:
+        index = operator.index(target)  # ints (numpy's too); a float such as 2.7 is not silently 2
+    except TypeError:
+        raise ValueError(f"target {target!r} is not a class index (int), a class name or 'predicted'") from None
     if n_out is not None and not 0 <= index < n_out:
         raise ValueError(f"target {index} is out of range for {n_out} classes")
     return index
@@ -57,8 +64,8 @@ def resolve_targets(
     limit = n_out if check_range else None
     if isinstance(target, str) and target == "predicted":
         return source_output.argmax(dim=-1).cpu()
-    if isinstance(target, (str, int)) or (isinstance(target, Tensor) and target.ndim == 0):
-        return torch.full((batch,), _one(model, target if not isinstance(target, Tensor) else int(target), limit))
+    if isinstance(target, (str, numbers.Integral)) or (isinstance(target, Tensor) and target.ndim == 0):
+        return torch.full((batch,), _one(model, target if not isinstance(target, Tensor) else target.item(), limit))
     items = target.tolist() if isinstance(target, Tensor) else list(target)
     if len(items) != batch:
         raise ValueError(f"got {len(items)} targets for {batch} images: give one per image")
