@@ -1,0 +1,554 @@
+"""The ``caap-lens`` command line (also ``python -m caap_lens``).
+
+``caap-lens explain [IMAGE ...]`` computes a CAAP map for each image, prints a short summary and
+writes a self-contained HTML report with the raw map next to it (see `caap_lens.report`). With no
+image it explains a sample scene bundled with caap_lens on the bundled ``fashion-scenes-vit``.
+
+Bad input (a missing or unreadable image, an unknown model or class name, a bad ``--layers``)
+ends with one line ``caap-lens: error: ...`` on stderr and exit status 2.
+
+Example:
+    $ caap-lens explain                                   # bundled model, bundled scene
+    $ caap-lens explain cat.png --model vit_base_patch16_224.augreg_in21k_ft_in1k --layers 4:8
+    $ caap-lens explain x.png --model my.safetensors --arch vit_small_patch16_224 --target 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_MODEL = "fashion-scenes-vit"
+DEFAULT_OUT = "caap_lens_report"
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+CONTEXTS = ("mean", "black", "blur", "noise", "mean_activation")
+SCORES = ("logit", "prob", "log_prob", "margin")
+AUTO_DEPTH_ALL = 64  # grids up to this many patches get a depth profile of every patch by default
+AUTO_DEPTH_TOP = 16  # larger grids: the top patches of the map only
+HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "mlp_post")
+
+_DESCRIPTION = "Causal Attribution via Activation Patching (CAAP) for Vision Transformers."
+_EXPLAIN_EPILOG = f"""\
+examples:
+  caap-lens explain
+      the bundled model {DEFAULT_MODEL!r} on a bundled sample scene
+  caap-lens explain cat.png dog.jpg --model vit_base_patch16_224.augreg_in21k_ft_in1k --layers 4:8
+      a timm model (pretrained weights from the Hugging Face cache or hub)
+  caap-lens explain x.png --model finetuned.safetensors --arch vit_small_patch16_224 --target dog
+      a local timm checkpoint (--num-classes is read from the checkpoint if not given)
+
+output: <out>/<image stem>/report.html (self-contained, works offline), map.npy [grid_h, grid_w],
+map.json (map, grid, settings, target, top patches, timing) and profile.npy [n_layers, grid_h, grid_w].
+"""
+
+
+class CLIError(Exception):
+    """A user error: reported as one line on stderr, exit status 2."""
+
+
+# ------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``caap-lens`` argument parser."""
+    from caap_lens import __version__
+
+    parser = argparse.ArgumentParser(prog="caap-lens", description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"caap-lens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    ex = sub.add_parser(
+        "explain", help="explain a prediction: CAAP map, summary and HTML report per image",
+        description="Compute the CAAP map of each image, print a summary and write an HTML report.",
+        epilog=_EXPLAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("images", nargs="*", metavar="IMAGE",
+                    help="image files (PNG, JPEG, ...; grayscale and RGBA are converted); "
+                         "none: a bundled sample scene")
+    m = ex.add_argument_group("model")
+    m.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|FILE",
+                   help=f"a bundled model name, a timm model name, or a checkpoint file "
+                        f"({'/'.join(CHECKPOINT_SUFFIXES)}) with --arch (default: {DEFAULT_MODEL})")
+    m.add_argument("--arch", metavar="TIMM_NAME", help="timm architecture of a checkpoint file")
+    m.add_argument("--num-classes", type=int, metavar="N",
+                   help="classes of a checkpoint's head (default: read from the checkpoint)")
+    m.add_argument("--class-names", metavar="FILE|A,B,...",
+                   help="class names: a text file with one per line, or a comma-separated list")
+    m.add_argument("--timm-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra timm.create_model argument, e.g. img_size=64 or pretrained=False (repeatable)")
+    a = ex.add_argument_group("attribution")
+    a.add_argument("--target", metavar="CLASS", help="class index or name (default: the predicted class)")
+    a.add_argument("--layers", metavar="START:STOP",
+                   help="window of blocks patched, e.g. 4:8 (default: the middle third)")
+    a.add_argument("--context", default="mean", choices=CONTEXTS, help="neutral context (default: mean)")
+    a.add_argument("--hook", default="resid_pre", choices=HOOKS, help="activation copied (default: resid_pre)")
+    a.add_argument("--score", default="logit", choices=SCORES, help="score of the target (default: logit)")
+    a.add_argument("--relative", action="store_true", help="subtract the context run's own score")
+    a.add_argument("--no-depth", action="store_true", help="skip the depth profile (one window per layer)")
+    a.add_argument("--depth-patches", default="auto", metavar="N|all",
+                   help=f"patches in the depth profile: all, or the top N of the map (default: all up to "
+                        f"{AUTO_DEPTH_ALL} patches, else the top {AUTO_DEPTH_TOP}; each costs n_layers runs)")
+    a.add_argument("--probs", default="auto", choices=("auto", "softmax", "sigmoid", "logits"),
+                   help="how top classes are scored (default: sigmoid for multi-label models such as the "
+                        "bundled one, else softmax)")
+    r = ex.add_argument_group("running")
+    r.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="patched runs per forward pass (default: 64)")
+    r.add_argument("--bf16", action="store_true", help="run the blocks in bfloat16 autocast")
+    r.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
+    r.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    r.add_argument("--scene", type=int, default=0, metavar="I", help="which bundled scene without images (default: 0)")
+    r.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    ex.set_defaults(func=explain)
+    return parser
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _one_line(err: BaseException | str, limit: int = 500) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _literal(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false", "none"):
+        return {"true": True, "false": False, "none": None}[lowered]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_timm_args(items: Sequence[str]) -> dict[str, Any]:
+    """``["img_size=64", "depth=4"]`` → ``{"img_size": 64, "depth": 4}``.
+
+    Example:
+        >>> parse_timm_args(["img_size=64", "pretrained=false", "global_pool=avg"])
+        {'img_size': 64, 'pretrained': False, 'global_pool': 'avg'}
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise CLIError(f"--timm-arg must be KEY=VALUE, got {item!r}")
+        out[key.strip()] = _literal(value)
+    return out
+
+
+def parse_layers(text: str, n_layers: int) -> tuple[int, int]:
+    """``"4:8"`` → ``(4, 8)``, checked against the model's depth.
+
+    Example:
+        >>> parse_layers("2:4", 12)
+        (2, 4)
+    """
+    match = re.fullmatch(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*", text)
+    if not match:
+        raise CLIError(f"--layers must be START:STOP with integers, e.g. 2:4, got {text!r}")
+    start, stop = int(match.group(1)), int(match.group(2))
+    if not 0 <= start < stop <= n_layers:
+        raise CLIError(f"--layers {text}: need 0 <= START < STOP <= {n_layers} (the model has {n_layers} layers)")
+    return start, stop
+
+
+def parse_target(text: str | None, class_names: Sequence[str] | None, n_classes: int) -> int | str:
+    """A class index from ``--target`` (an index or a case-insensitive name), or ``"predicted"``.
+
+    Example:
+        >>> parse_target("Dress", ["T-shirt/top", "Trouser", "Pullover", "Dress"], 4)
+        3
+    """
+    if text is None or text == "predicted":
+        return "predicted"
+    if re.fullmatch(r"\s*[+-]?\d+\s*", text):
+        index = int(text)
+        if not 0 <= index < n_classes:
+            raise CLIError(f"--target {index} is out of range: the model has {n_classes} classes (0..{n_classes - 1})")
+        return index
+    if not class_names:
+        raise CLIError(f"--target {text!r} is a class name but the model has no class names; "
+                       f"give an index 0..{n_classes - 1} or --class-names")
+    lowered = [n.lower() for n in class_names]
+    if text.strip().lower() in lowered:
+        return lowered.index(text.strip().lower())
+    close = difflib.get_close_matches(text, list(class_names), n=3, cutoff=0.5)
+    close += [n for n in class_names if text.lower() in n.lower() and n not in close]
+    hint = f"; did you mean {', '.join(repr(c) for c in close[:3])}?" if close else ""
+    listing = f" (classes: {', '.join(class_names)})" if len(class_names) <= 20 and not close else ""
+    raise CLIError(f"unknown class name {text!r}{hint}{listing}")
+
+
+def load_image(path: str | Path) -> Any:
+    """Opens an image file with Pillow as L, RGB or RGBA (EXIF rotation applied), or a 0..1 array.
+
+    Raises:
+        CLIError: missing, unreadable or not an image.
+    """
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"image file not found: {path}")
+    if p.is_dir():
+        raise CLIError(f"{path} is a folder, not an image file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            image = ImageOps.exif_transpose(im) or im.copy()
+    except UnidentifiedImageError:
+        raise CLIError(f"cannot read {path}: not an image file Pillow can open (PNG, JPEG, ...)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise CLIError(f"cannot read image {path}: {_one_line(err)}") from None
+    mode = image.mode
+    if mode in ("L", "RGB", "RGBA"):
+        return image
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(image, dtype=np.float32)
+        top = arr.max() if arr.size else 1.0
+        scale = 1.0 if mode == "F" and top <= 1.0 else (255.0 if top <= 255 else 65535.0)
+        return np.clip(arr / scale, 0.0, 1.0)
+    if mode in ("LA", "PA") or (mode == "P" and "transparency" in image.info):
+        return image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def _bundled_names() -> list[str]:
+    try:
+        from caap_lens.loading.bundled import list_bundled
+    except ImportError:
+        return []
+    try:
+        items = list(list_bundled())
+    except Exception:  # a broken bundle must not hide timm models and checkpoints
+        return []
+    names = []
+    for item in items:
+        name = item if isinstance(item, str) else getattr(item, "name", None) or (
+            item.get("name") if isinstance(item, dict) else None)
+        if name:
+            names.append(str(name))
+    return names
+
+
+def _checkpoint_num_classes(path: Path) -> int | None:
+    """The output size of a timm checkpoint's ``head``: rows of ``head.weight``; 0 if it has none."""
+    keys: dict[str, Any] = {}
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    if key.endswith("head.weight") or key.endswith("patch_embed.proj.weight"):
+                        keys[key] = f.get_slice(key).get_shape()
+        else:
+            import torch
+
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            for wrapper in ("state_dict_ema", "model_ema", "state_dict", "model"):
+                if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+                    state = state[wrapper]
+                    break
+            if isinstance(state, dict):
+                keys = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    except Exception as err:
+        raise CLIError(f"cannot read checkpoint {path}: {_one_line(err)}") from None
+    for key, shape in keys.items():
+        if key.removeprefix("module.") == "head.weight":
+            return int(shape[0])
+    if any(k.removeprefix("module.") == "patch_embed.proj.weight" for k in keys):
+        return 0
+    return None
+
+
+def _class_names_arg(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    p = Path(text)
+    if p.is_file():
+        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise CLIError(f"--class-names {text!r} gives no names")
+    return names
+
+
+def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
+    """``(model, description, bundled name or None)`` from ``--model`` and friends."""
+    from caap_lens.model.hooked_vit import HookedViT
+
+    spec = args.model
+    timm_kwargs = parse_timm_args(args.timm_arg)
+    class_names = _class_names_arg(args.class_names)
+    path = Path(spec)
+    bundled = _bundled_names()
+    hint = ""
+    is_file = path.suffix.lower() in CHECKPOINT_SUFFIXES or (path.exists() and spec not in bundled)
+    try:
+        if is_file:
+            if not path.exists():
+                raise CLIError(f"checkpoint file not found: {spec}")
+            if not path.is_file():
+                raise CLIError(f"--model {spec} is a folder, not a checkpoint file")
+            if not args.arch:
+                raise CLIError(f"--model {spec} is a checkpoint file: give its timm architecture with --arch, "
+                               "e.g. --arch vit_base_patch16_224")
+            _check_timm_name(args.arch, "--arch")
+            kwargs = dict(timm_kwargs)
+            num_classes = args.num_classes if args.num_classes is not None else _checkpoint_num_classes(path)
+            if num_classes is not None:
+                kwargs.setdefault("num_classes", num_classes)
+            kwargs["checkpoint_path"] = str(path)
+            model = HookedViT.from_timm(args.arch, class_names=class_names, **kwargs)
+            return model, f"{args.arch} from {path.name}", None
+        if spec in bundled:
+            if timm_kwargs or args.arch or args.num_classes is not None:
+                raise CLIError(f"--timm-arg, --arch and --num-classes do not apply to the bundled model {spec!r}")
+            model = HookedViT.from_pretrained(spec)
+            if class_names is not None:
+                model.class_names = _checked_names(class_names, model.cfg.n_classes)
+            return model, f"{spec} (bundled)", spec
+        if spec == DEFAULT_MODEL:
+            raise CLIError(f"the bundled model {spec!r} is not available in this installation; "
+                           "pass --model with a timm model name or a checkpoint file")
+        _check_timm_name(spec, "--model", bundled)
+        kwargs = {"pretrained": True, **timm_kwargs}
+        if kwargs["pretrained"]:
+            hint = (" (pretrained weights come from the Hugging Face cache or hub; "
+                    "for random weights add --timm-arg pretrained=False)")
+        if args.num_classes is not None:
+            kwargs["num_classes"] = args.num_classes
+        model = HookedViT.from_timm(spec, class_names=class_names, **kwargs)
+        return model, f"{spec} (timm{', pretrained' if kwargs.get('pretrained') else ', random weights'})", None
+    except CLIError:
+        raise
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as err:
+        raise CLIError(f"cannot load model {spec!r}: {_one_line(err, 400)}{hint}") from err
+
+
+def _checked_names(names: list[str], n: int) -> tuple[str, ...]:
+    if len(names) != n:
+        raise CLIError(f"--class-names gives {len(names)} names for {n} classes")
+    return tuple(names)
+
+
+def _check_timm_name(name: str, flag: str, bundled: Sequence[str] = ()) -> None:
+    from caap_lens._timm import import_timm
+
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):  # timm loads these itself
+        return
+    timm = import_timm()
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models("*vit*") + list(bundled), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        where = f"a bundled model ({', '.join(bundled)}), " if bundled and flag == "--model" else ""
+        what = f"not {where}a timm model name, or a checkpoint file" if flag == "--model" else "not a timm model name"
+        raise CLIError(f"unknown model {name!r} ({flag}): {what}{hint}")
+
+
+def parse_depth_patches(text: str, n_patches: int) -> int | None:
+    """``--depth-patches``: None for every patch, else how many top patches.
+
+    Example:
+        >>> parse_depth_patches("auto", 64), parse_depth_patches("auto", 196), parse_depth_patches("8", 196)
+        (None, 16, 8)
+    """
+    if text == "all":
+        return None
+    if text == "auto":
+        return None if n_patches <= AUTO_DEPTH_ALL else AUTO_DEPTH_TOP
+    if not re.fullmatch(r"\s*\d+\s*", text) or int(text) < 1:
+        raise CLIError(f"--depth-patches must be 'all', 'auto' or a positive number, got {text!r}")
+    return None if int(text) >= n_patches else int(text)
+
+
+def _device(text: str) -> Any:
+    import torch
+
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as err:
+        raise CLIError(f"--device {text!r}: {_one_line(err)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {text}: CUDA is not available")
+    return device
+
+
+def _unique_name(name: str, used: set[str]) -> str:
+    from caap_lens.report import report_dir
+
+    stem = report_dir("", name).name
+    candidate, n = name, 1
+    while stem in used:
+        n += 1
+        p = Path(name)
+        candidate = f"{p.stem}_{n}{p.suffix}"
+        stem = report_dir("", candidate).name
+    used.add(stem)
+    return candidate
+
+
+# ------------------------------------------------------------------------------------ explain
+def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    """``caap-lens explain``: map, summary and report per image."""
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise CLIError(f"--threads must be >= 1, got {args.threads}")
+    t_start = time.perf_counter()
+    inputs = [(str(p), load_image(p)) for p in args.images]  # fail fast, before loading a model
+
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    from caap_lens.attribution.engine import caap, default_window
+    from caap_lens.report import output_activation, write_report
+    from caap_lens.sweeps import depth_profile
+
+    t0 = time.perf_counter()
+    model, description, bundled = load_model(args)
+    device = _device(args.device)
+    model = model.to(device)
+    load_seconds = time.perf_counter() - t0
+    n_layers = model.cfg.n_layers
+    print(f"model: {description}: {n_layers} layer{'s' if n_layers != 1 else ''}, grid "
+          f"{model.grid.grid_size[0]}x{model.grid.grid_size[1]}, {model.cfg.n_classes} classes, on {device} "
+          f"(loaded in {load_seconds:.1f} s)")
+    window = parse_layers(args.layers, n_layers) if args.layers else default_window(n_layers)
+    depth_top = parse_depth_patches(args.depth_patches, model.grid.n_patches)
+    target = parse_target(args.target, model.class_names, model.cfg.n_classes)
+    dtype = torch.bfloat16 if args.bf16 else None
+    if args.probs != "auto":
+        kind = args.probs
+    else:
+        kind = _bundled_activation(bundled) if bundled else output_activation(model)
+    command = "caap-lens " + shlex.join(list(argv)) if argv else "caap-lens explain"
+    if not inputs:
+        inputs = [_bundled_scene(bundled or DEFAULT_MODEL, args.scene)]
+    used: set[str] = set()
+    for i, (name, image) in enumerate(inputs):
+        name = _unique_name(Path(name).name, used)
+        t_image = time.perf_counter()
+        x = model.preprocess(image)
+        with torch.inference_mode():
+            logits = model(x).float()
+        common = dict(context=args.context, hook=args.hook, score=args.score, relative=args.relative,
+                      batch_size=args.batch_size, dtype=dtype, progress=not args.no_progress)
+        result = caap(model, x, target, layers=window, **common)
+        profile, patches = None, None
+        if not args.no_depth:
+            region = None
+            if depth_top is not None:  # one single-patch region per top patch: [k, gh, gw]
+                patches = [p["patch"] for p in result.top_patches(depth_top)]
+                region = torch.zeros(len(patches), *model.grid.grid_size, dtype=torch.bool)
+                for j, patch in enumerate(patches):
+                    region[(j, *model.grid.rc_of(patch))] = True
+            profile = depth_profile(model, x, result.targets, region=region, **common)
+        path = write_report(args.out, model=model, image_tensor=x, result=result, profile=profile,
+                            profile_patches=patches, source_output=logits, image_name=name, command=command,
+                            activation=kind)
+        _summary(i, len(inputs), name, model, logits[0], kind, result, profile, path, time.perf_counter() - t_image)
+    if len(inputs) > 1:
+        print(f"{len(inputs)} reports in {args.out}/ ({time.perf_counter() - t_start:.1f} s in all)")
+    return 0
+
+
+def _bundled_activation(name: str) -> str:
+    """Bundled models are multi-label scene classifiers (sigmoid) unless their config says otherwise."""
+    try:
+        from caap_lens.loading.bundled import bundled_config
+
+        config = bundled_config(name)
+    except Exception:  # an older bundle API or no config: the documented default
+        return "sigmoid"
+    kind = config.get("output_activation")
+    if kind in ("softmax", "sigmoid", "logits"):
+        return kind
+    return "softmax" if config.get("multi_label") is False else "sigmoid"
+
+
+def _bundled_scene(name: str, index: int) -> tuple[str, Any]:
+    try:
+        from caap_lens.loading.bundled import load_bundled_scenes
+    except ImportError:
+        raise CLIError("no image given and no bundled sample scenes in this installation: pass image files") from None
+    scenes = load_bundled_scenes(name)
+    if not 0 <= index < len(scenes.images):
+        raise CLIError(f"--scene {index} is out of range: {len(scenes.images)} bundled scenes")
+    present = [scenes.class_names[c] for c in range(len(scenes.class_names)) if scenes.labels[index][c] > 0.5]
+    print(f"no image given: bundled test scene {index} of {name!r} (contains {', '.join(present) or 'nothing'})")
+    return f"scene_{index}.png", scenes.images[index]
+
+
+def _summary(i: int, n: int, name: str, model: Any, logits: Any, kind: str, result: Any, profile: Any,
+             path: Path, seconds: float) -> None:
+    from caap_lens.plot.classes import AXIS_TITLES, class_label, top_classes
+
+    names = model.class_names
+    top = top_classes(logits, names, 1, kind)[0] if model.head is not None else None
+    target = int(result.targets[0])
+    s = result.settings
+    lines = [f"[{i + 1}/{n}] {name}"]
+    if top is not None:
+        lines.append(f"  prediction:  {class_label(top['index'], names)}, {AXIS_TITLES[kind]} {top['score']:.3f}")
+    lines.append(f"  target:      {class_label(target, names)}; {s['score']}: source "
+                 f"{float(result.source_score[0]):.4g}, context {float(result.context_score[0]):.4g}")
+    lines.append(f"  window:      layers [{s['layers'][0]}, {s['layers'][1]}), hook {s['hook']}, context {s['context']}"
+                 + (", relative" if s.get("relative") else ""))
+    lines.append("  top patches: " + "  ".join(
+        f"#{p['patch']} (r{p['row']},c{p['col']}) {p['value']:.4g}" for p in result.top_patches(5)))
+    depth = ""
+    if profile is not None:
+        n_units = profile.maps.shape[-1] if profile.maps.ndim == 3 else model.grid.n_patches
+        n_windows = len(profile.windows)
+        depth = (f", depth profile {profile.timing['seconds']:.2f} s ({n_units} patches x {n_windows} "
+                 f"layer{'s' if n_windows != 1 else ''})")
+    lines.append(f"  time:        map {result.timing['seconds']:.2f} s{depth}, total {seconds:.2f} s")
+    lines.append(f"  report:      {path}")
+    print("\n".join(lines), flush=True)
+
+
+# --------------------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``caap-lens``; returns the exit status (0 ok, 2 bad input, 130 interrupted).
+
+    Example:
+        >>> main(["explain", "cat.png", "--model", "vit_tiny_patch16_224", "--no-progress"])  # doctest: +SKIP
+        0
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, usage errors (status 2, message already printed)
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args, argv)
+    except KeyboardInterrupt:
+        print("caap-lens: interrupted", file=sys.stderr)
+        return 130
+    # the library's errors for bad input; UnsupportedModelError is a TypeError (not imported here:
+    # importing it would load torch and TransformerLens before a missing file can be reported)
+    except (CLIError, ValueError, TypeError, FileNotFoundError) as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"caap-lens: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Plotly figures of CAAP results; every function returns a ``plotly.graph_objects.Figure``.
+
+* `map_overlay` — one map over its image, with the patch grid, hover per patch and a colour bar.
+* `map_grid` — images (rows) × methods or settings (columns), one colour scale per column.
+* `top_classes_bar` — the model's top-k classes with their probabilities or logits.
+* `depth_profile_lines`, `depth_heatmap`, `depth_slider` — patch effects across depth.
+
+Example:
+    >>> from caap_lens.plot import map_overlay
+    >>> fig = map_overlay(x[0], result.map[0], model.grid,  # doctest: +SKIP
+    ...                   mean=model.cfg.image_mean, std=model.cfg.image_std)
+    >>> fig.show()  # doctest: +SKIP
+"""
+
+from caap_lens.plot.classes import top_classes_bar
+from caap_lens.plot.depth import depth_heatmap, depth_profile_lines, depth_slider
+from caap_lens.plot.maps import map_grid, map_overlay
+
+__all__ = ["depth_heatmap", "depth_profile_lines", "depth_slider", "map_grid", "map_overlay", "top_classes_bar"]

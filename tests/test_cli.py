@@ -1,0 +1,252 @@
+"""The ``caap-lens`` command line: ``main([...])`` in-process on a small local timm checkpoint, bad
+input (exit 2, one line, no traceback), the real console script, and the bundled default run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from caap_lens.cli import main, parse_depth_patches, parse_layers, parse_target, parse_timm_args
+
+ARCH = "vit_tiny_patch16_224"
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def bundled_available() -> bool:
+    """Whether the bundled model and its sample scenes can be loaded (their files exist)."""
+    if importlib.util.find_spec("caap_lens.loading.bundled") is None:
+        return False
+    try:
+        from caap_lens.loading import bundled
+
+        if "fashion-scenes-vit" not in list(bundled.list_bundled()):
+            return False
+        if hasattr(bundled, "bundled_path"):
+            for name in ("model.safetensors", "config.json", "test_scenes.npz"):
+                bundled.bundled_path("fashion-scenes-vit", name)  # raises if missing
+        else:
+            bundled.load_bundled_scenes("fashion-scenes-vit")
+        return True
+    except Exception:
+        return False
+
+
+BUNDLED = bundled_available()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A 4-layer 64x64 timm ViT saved as a safetensors checkpoint, plus images of several kinds."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from caap_lens._timm import import_timm
+
+    d = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = import_timm().create_model(ARCH, depth=4, img_size=64, num_classes=10)
+    save_file(model.state_dict(), str(d / "tiny.safetensors"))
+    torch.save(model.state_dict(), d / "tiny.pth")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (80, 70, 3), dtype=np.uint8)).save(d / "rgb.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(d / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)).save(d / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(d / "photo.jpg", quality=90)
+    (d / "notes.png").write_text("this is not an image\n")
+    (d / "names.txt").write_text("\n".join(CLASSES) + "\n")
+    return d
+
+
+def base(files: Path, *extra: str) -> list[str]:
+    return ["explain", "--model", str(files / "tiny.safetensors"), "--arch", ARCH, "--timm-arg", "img_size=64",
+            "--timm-arg", "depth=4", "--no-progress", *extra]
+
+
+def test_explain_writes_report_map_and_json(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    images = [str(files / n) for n in ("rgb.png", "gray.png", "rgba.png", "photo.jpg")]
+    assert main(base(files, *images, "--out", str(out))) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    for stem in ("rgb", "gray", "rgba", "photo"):
+        folder = out / stem
+        assert (folder / "report.html").stat().st_size > 1_000_000  # plotly.js inline
+        m = np.load(folder / "map.npy")
+        assert m.shape == (4, 4)  # the model's patch grid
+        record = json.loads((folder / "map.json").read_text())
+        np.testing.assert_allclose(np.array(record["map"]), m, rtol=1e-6)
+        assert record["settings"]["layers"] == [1, 2]  # default_window(4)
+        assert np.load(folder / "profile.npy").shape == (4, 4, 4)
+        assert f"report:      {folder / 'report.html'}" in captured.out
+    assert captured.out.count("top patches:") == 4 and captured.out.count("prediction:") == 4
+    assert "time:" in captured.out
+
+
+def test_explain_options(files, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = base(files, str(files / "rgb.png"), "--class-names", str(files / "names.txt"), "--target", "dress",
+                "--layers", "0:3", "--context", "blur", "--score", "prob", "--relative", "--batch-size", "3",
+                "--hook", "resid_mid", "--no-depth", "--out", str(out))
+    assert main(argv) == 0
+    summary = capsys.readouterr().out
+    assert "target:      Dress (3)" in summary
+    record = json.loads((out / "rgb" / "map.json").read_text())
+    assert record["target"] == {"index": 3, "name": "Dress"}
+    s = record["settings"]
+    assert s["layers"] == [0, 3] and s["context"].startswith("blur") and s["score"] == "prob"
+    assert s["relative"] is True and s["batch_size"] == 3 and s["hook"] == "resid_mid"
+    assert not (out / "rgb" / "profile.npy").exists() and record["depth_profile"] is None
+    # a .pth checkpoint, a numeric target and bf16
+    argv = ["explain", str(files / "gray.png"), "--model", str(files / "tiny.pth"), "--arch", ARCH,
+            "--timm-arg", "img_size=64", "--timm-arg", "depth=4", "--target", "7", "--bf16", "--no-depth",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    record = json.loads((out / "gray" / "map.json").read_text())
+    assert record["target"]["index"] == 7 and "bfloat16" in record["settings"]["dtype"]
+
+
+def test_depth_profile_of_top_patches(files, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(base(files, str(files / "rgb.png"), "--depth-patches", "3", "--out", str(out))) == 0
+    assert "(3 patches x 4 layers)" in capsys.readouterr().out
+    record = json.loads((out / "rgb" / "map.json").read_text())
+    top3 = [p["patch"] for p in record["top_patches"][:3]]
+    assert record["depth_profile"]["patches"] == top3
+    prof = np.load(out / "rgb" / "profile.npy")
+    assert prof.shape == (4, 4, 4) and int(np.isfinite(prof[0]).sum()) == 3
+
+
+def test_same_stem_twice_gets_two_folders(files, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(files / "rgb.png", other / "rgb.png")
+    out = tmp_path / "out"
+    assert main(base(files, str(files / "rgb.png"), str(other / "rgb.png"), "--no-depth", "--out", str(out))) == 0
+    assert (out / "rgb" / "map.npy").exists() and (out / "rgb_2" / "map.npy").exists()
+    capsys.readouterr()
+
+
+BAD_INPUTS = {
+    "missing image": (lambda d: [str(d / "nope.png")], "not found"),
+    "not an image": (lambda d: [str(d / "notes.png")], "not an image"),
+    "image is a folder": (lambda d: [str(d)], "folder"),
+    "unknown class name": (lambda d: [str(d / "rgb.png"), "--class-names", ",".join(CLASSES), "--target", "dres"],
+                           "unknown class name 'dres'"),
+    "class name without names": (lambda d: [str(d / "rgb.png"), "--target", "cat"], "no class names"),
+    "target out of range": (lambda d: [str(d / "rgb.png"), "--target", "10"], "out of range"),
+    "layers not a:b": (lambda d: [str(d / "rgb.png"), "--layers", "3"], "START:STOP"),
+    "layers not ints": (lambda d: [str(d / "rgb.png"), "--layers", "a:b"], "START:STOP"),
+    "layers out of range": (lambda d: [str(d / "rgb.png"), "--layers", "0:9"], "4 layers"),
+    "layers empty window": (lambda d: [str(d / "rgb.png"), "--layers", "2:2"], "START < STOP"),
+    "bad timm arg": (lambda d: [str(d / "rgb.png"), "--timm-arg", "img_size"], "KEY=VALUE"),
+    "bad batch size": (lambda d: [str(d / "rgb.png"), "--batch-size", "0"], "batch-size"),
+    "bad depth patches": (lambda d: [str(d / "rgb.png"), "--depth-patches", "some"], "--depth-patches"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_one_line_exit_2(files, tmp_path, capsys, case):
+    make_args, message = BAD_INPUTS[case]
+    assert main(base(files, *make_args(files), "--out", str(tmp_path))) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("caap-lens: error: "), err
+    assert message in lines[0]
+
+
+BAD_MODELS = {
+    "unknown model": (["--model", "no_such_model_xyz"], "unknown model 'no_such_model_xyz'"),
+    "missing checkpoint": (["--model", "missing.safetensors", "--arch", ARCH], "checkpoint file not found"),
+    "checkpoint without arch": (["--model", "{d}/tiny.safetensors"], "--arch"),
+    "unknown arch": (["--model", "{d}/tiny.safetensors", "--arch", "vit_nope"], "unknown model 'vit_nope'"),
+    "checkpoint of another arch": (["--model", "{d}/tiny.safetensors", "--arch", "vit_small_patch16_224",
+                                    "--timm-arg", "img_size=64", "--timm-arg", "depth=4"], "cannot load model"),
+    "not a checkpoint": (["--model", "{d}/notes.png", "--arch", ARCH], "cannot"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MODELS))
+def test_bad_model_one_line_exit_2(files, tmp_path, capsys, case):
+    args, message = BAD_MODELS[case]
+    args = [a.replace("{d}", str(files)) for a in args]
+    assert main(["explain", str(files / "rgb.png"), *args, "--no-progress", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("caap-lens: error: "), err
+    assert message in lines[0]
+
+
+def test_argparse_errors_exit_2(capsys):
+    assert main(["explain", "--context", "grey"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["explain", "--batch-size", "many"]) == 2
+    assert main([]) == 2  # no command: help on stderr
+    assert "explain" in capsys.readouterr().err
+    assert main(["explain", "--help"]) == 0
+    assert "--layers START:STOP" in capsys.readouterr().out
+
+
+def test_parsers():
+    assert parse_layers("1:3", 4) == (1, 3)
+    assert parse_depth_patches("auto", 64) is None and parse_depth_patches("auto", 196) == 16
+    assert parse_depth_patches("all", 196) is None and parse_depth_patches("200", 196) is None
+    assert parse_target(None, CLASSES, 10) == "predicted"
+    assert parse_target("ANKLE BOOT", CLASSES, 10) == 9
+    assert parse_target("4", None, 10) == 4
+    assert parse_timm_args(["depth=4", "pretrained=False", "global_pool=avg", "img_size=(64, 48)"]) == {
+        "depth": 4, "pretrained": False, "global_pool": "avg", "img_size": (64, 48)}
+
+
+def test_console_script_entry_point(files, tmp_path):
+    script = shutil.which("caap-lens")
+    prefix = [script] if script else [sys.executable, "-m", "caap_lens"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    argv = [*prefix, *base(files, str(files / "rgb.png"), "--threads", "1", "--no-depth", "--out", str(tmp_path))]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "rgb" / "report.html").exists() and "top patches:" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "caap_lens", "explain", str(files / "nope.png")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [f"caap-lens: error: image file not found: {files / 'nope.png'}"]
+
+
+@pytest.mark.skipif(BUNDLED, reason="checks the message when the bundled model is missing")
+def test_no_args_without_bundled_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("caap-lens: error: ") and "fashion-scenes-vit" in err[0]
+
+
+@pytest.mark.skipif(not BUNDLED, reason="the bundled model fashion-scenes-vit is not available")
+def test_no_args_runs_bundled_model_on_bundled_scene(tmp_path):
+    script = shutil.which("caap-lens")
+    prefix = [script] if script else [sys.executable, "-m", "caap_lens"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([*prefix, "explain"], cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert seconds < 60, f"caap-lens explain took {seconds:.1f} s"
+    folder = tmp_path / "caap_lens_report" / "scene_0"
+    assert (folder / "report.html").exists()
+    record = json.loads((folder / "map.json").read_text())
+    assert np.load(folder / "map.npy").shape == tuple(record["grid"]["grid_size"])
+    from caap_lens.loading.bundled import load_bundled_scenes
+
+    assert record["target"]["name"] in load_bundled_scenes("fashion-scenes-vit").class_names
+    assert record["prediction"]["activation"] == "sigmoid"  # multi-label model
+    assert "prediction:" in proc.stdout and "report:" in proc.stdout
