@@ -25,6 +25,7 @@ _EXPORTS = {
     "CAAPResult": "caap_lens.attribution.result",
     "window_sweep": "caap_lens.sweeps",
     "depth_profile": "caap_lens.sweeps",
+    "attribute": "caap_lens.baselines",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,191 @@
+"""Model-randomisation sanity check (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018).
+
+An attribution method that explains the *model* must give different maps once the model's weights
+are destroyed. The cascading test re-initialises the network from the top down and compares the
+maps of the original and the randomised model on the same images and the same target classes.
+
+Protocol here:
+
+* `randomise_layers` returns a **copy** (the original is never touched) whose blocks
+  ``from_layer .. n_layers - 1`` and, with ``head=True``, its classifier head (and the final and
+  pooled norms) are re-initialised as timm initialises a ViT: weight matrices from a truncated normal
+  ``N(0, 0.02²)`` cut at ±2σ, biases 0, LayerNorm scales 1 and shifts 0; layer-scale factors keep their
+  values. The embedding (patch projection, position and prefix tokens) is never randomised. Each
+  block draws from its own generator, seeded by ``(seed, 0, layer)`` (the head by ``(seed, 1)``), so a
+  cascade is nested: the randomised block ``l`` is the same at every stage that includes it.
+  ``from_layer = n_layers`` with ``head=True`` randomises the head only; with ``head=False``
+  nothing (an identical copy).
+* `randomisation_check` runs ``method_fn(model, images, targets) -> maps [batch, ...]`` on the
+  original model and on each randomised copy (default cascade ``n_layers, n_layers - 1, ..., 0``),
+  with the targets resolved once on the original model (``"predicted"`` = its top class), and reports
+  per image: Spearman's rank correlation of the maps (``spearman``), of their absolute values
+  (``spearman_abs``, Adebayo's "absolute value" variant), and ``top_overlap``, the fraction of the
+  original's top-10 % units (stable ranking, ties by index) that are also in the randomised top-10 %.
+  These are reported numbers, not a verdict. For convenience ``differs`` is True at a stage when the
+  mean Spearman over images is below ``threshold`` (default 0.5; an arbitrary, stated cut).
+  Correlation is NaN for a constant map.
+
+Example:
+    >>> fn = lambda m, x, t: caap_lens.caap(m, x, t).map  # doctest: +SKIP
+    >>> report = randomisation_check(fn, model, images, "predicted")  # doctest: +SKIP
+    >>> report["from_layers"], report["mean_spearman"]  # doctest: +SKIP
+    ((4, 3, 2, 1, 0), tensor([0.31, 0.12, 0.05, 0.02, 0.01]))
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from caap_lens.attribution.targets import TargetLike, resolve_targets
+from caap_lens.metrics.stats import spearman
+
+MethodFn = Callable[[Any, Tensor, Tensor], Tensor]
+INIT_STD = 0.02
+
+
+def _generator(seed: int, *part: int) -> torch.Generator:
+    state = np.random.SeedSequence([int(seed), *part]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def _reinitialise_(module: nn.Module, gen: torch.Generator) -> None:
+    """timm-style init of every parameter of ``module`` in place (layer-scale factors kept)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "layer_scale":
+                continue
+            if p.ndim >= 2:
+                fresh = torch.empty(p.shape, dtype=torch.float32)
+                nn.init.trunc_normal_(fresh, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD, generator=gen)
+            elif leaf == "w":  # LayerNorm scale
+                fresh = torch.ones(p.shape)
+            else:  # biases, LayerNorm shifts
+                fresh = torch.zeros(p.shape)
+            p.copy_(fresh.to(p.device, p.dtype))
+
+
+def randomise_layers(model: Any, from_layer: int, *, seed: int = 0, head: bool = True) -> Any:
+    """A copy of ``model`` with blocks ``>= from_layer`` (and the head) re-initialised.
+
+    Args:
+        model: A `HookedViT`; it is deep-copied and never modified.
+        from_layer: First randomised block, in ``[0, n_layers]`` (``n_layers``: no block).
+        seed: Non-negative seed of the new weights (block ``l`` uses ``(seed, 0, l)``, the head ``(seed, 1)``).
+        head: Also re-initialise the classifier head and the final/pooled norms.
+
+    Returns:
+        The randomised copy, in eval mode, on the model's device.
+
+    Example:
+        >>> random_model = randomise_layers(model, 0, seed=1)  # every block and the head  # doctest: +SKIP
+    """
+    n = model.cfg.n_layers
+    try:
+        from_layer = operator.index(from_layer)
+    except TypeError:
+        raise TypeError(f"from_layer must be an int in [0, {n}], got {from_layer!r}") from None
+    if not 0 <= from_layer <= n:
+        raise ValueError(f"from_layer must be in [0, {n}] for a {n}-layer model, got {from_layer}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    clone = copy.deepcopy(model)
+    for layer in range(from_layer, n):
+        _reinitialise_(clone.blocks[layer], _generator(seed, 0, layer))
+    if head:
+        gen = _generator(seed, 1)
+        for part in ("ln_final", "ln_pooled", "head", "head_dist"):
+            if getattr(clone, part, None) is not None:
+                _reinitialise_(getattr(clone, part), gen)
+    return clone.eval()
+
+
+def _flat_maps(maps: Any, batch: int, who: str) -> Tensor:
+    if not isinstance(maps, Tensor) or maps.ndim < 2 or maps.shape[0] != batch:
+        shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"method_fn must return maps [batch={batch}, ...] ({who}), got {shape}")
+    return maps.detach().flatten(1).double().cpu()
+
+
+def top_overlap(
+    a: Float[Tensor, "batch n"], b: Float[Tensor, "batch n"], fraction: float = 0.1
+) -> Float[Tensor, " batch"]:
+    """Fraction of the top ``ceil(fraction · n)`` units of ``a`` that are also top in ``b`` (stable ranking).
+
+    Example:
+        >>> top_overlap(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), torch.tensor([[3.0, 0.0, 1.0, 2.0]]), 0.5)
+        tensor([0.5000])
+    """
+    k = max(1, math.ceil(fraction * a.shape[1]))
+    top_a, top_b = (
+        torch.zeros_like(v, dtype=torch.bool).scatter_(1, v.sort(dim=1, descending=True, stable=True).indices[:, :k], 1)
+        for v in (a, b)
+    )
+    return (top_a & top_b).sum(1).float() / k
+
+
+def randomisation_check(
+    method_fn: MethodFn,
+    model: Any,
+    images: Tensor,
+    targets: TargetLike = "predicted",
+    *,
+    from_layers: Sequence[int] | None = None,
+    seed: int = 0,
+    head: bool = True,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Cascading model-randomisation check of an attribution method.
+
+    Args:
+        method_fn: ``fn(model, images, targets) -> maps [batch, ...]`` (``targets`` an int tensor).
+        model: A `HookedViT` (left unchanged).
+        images: Normalised ``[batch, C, H, W]``.
+        targets: ``"predicted"``, a class index or name, or one per image; resolved on the original.
+        from_layers: Stages; default ``(n_layers, n_layers - 1, ..., 0)`` (top-down cascade).
+        seed: Seed of the random weights (see `randomise_layers`).
+        head: Randomise the head at every stage.
+        threshold: ``differs`` is ``mean_spearman < threshold``.
+
+    Returns:
+        A dict: ``from_layers`` (tuple), ``spearman``, ``spearman_abs``, ``top_overlap`` (each
+        ``[n_stages, batch]``), ``mean_spearman`` ``[n_stages]`` (NaN-ignoring mean), ``differs`` (bool
+        ``[n_stages]``), ``threshold``, ``seed``, ``head`` and ``targets`` ``[batch]``.
+
+    Example:
+        >>> report = randomisation_check(fn, model, images, from_layers=[0])  # doctest: +SKIP
+        >>> bool(report["differs"][0])  # doctest: +SKIP
+        True
+    """
+    images = model.check_images(images)
+    stages = tuple(range(model.cfg.n_layers, -1, -1)) if from_layers is None else tuple(from_layers)
+    if not stages:
+        raise ValueError("from_layers must name at least one stage")
+    with torch.no_grad():
+        target_idx = resolve_targets(model, targets, model(images))
+    batch = images.shape[0]
+    original = _flat_maps(method_fn(model, images, target_idx), batch, "original model")
+    rows: dict[str, list[Tensor]] = {"spearman": [], "spearman_abs": [], "top_overlap": []}
+    for from_layer in stages:
+        random_model = randomise_layers(model, from_layer, seed=seed, head=head)
+        maps = _flat_maps(method_fn(random_model, images, target_idx), batch, f"from_layer={from_layer}")
+        if maps.shape != original.shape:
+            raise ValueError(f"maps of the randomised model {tuple(maps.shape)} differ in shape from the "
+                             f"original's {tuple(original.shape)}")
+        rows["spearman"].append(spearman(original, maps))
+        rows["spearman_abs"].append(spearman(original.abs(), maps.abs()))
+        rows["top_overlap"].append(top_overlap(original, maps))
+        del random_model
+    report: dict[str, Any] = {name: torch.stack(values) for name, values in rows.items()}
+    report["mean_spearman"] = report["spearman"].nanmean(dim=1)
+    report["differs"] = report["mean_spearman"] < threshold
+    report.update(from_layers=stages, threshold=threshold, seed=seed, head=head, targets=target_idx)
+    return report
