@@ -188,9 +188,27 @@ def test_bad_windows_are_clear_errors(vit, windows, match):
         window_sweep(vit, images_for(vit, 1, seed=11), [0], windows)
 
 
+class _Restore:
+    def __init__(self, block):
+        self.block = block
+
+    def remove(self):
+        del self.block.forward_queries  # back to the class method
+
+
 def _count_block_rows(model, counted: list[int]):
-    """Forward hooks (plain torch) on every block, adding up the rows each block sees."""
-    return [block.register_forward_hook(lambda mod, inp, out: counted.append(inp[0].shape[0])) for block in model.blocks]
+    """Count the rows each block evaluates: forward hooks (plain torch) on every block, plus the
+    readout-only path of the last block (`forward_queries`, which bypasses ``__call__``)."""
+    handles = [block.register_forward_hook(lambda mod, inp, out: counted.append(inp[0].shape[0])) for block in model.blocks]
+    last = model.blocks[-1]
+    original = last.forward_queries
+
+    def counting(resid, n_query):
+        counted.append(resid.shape[0])
+        return original(resid, n_query)
+
+    last.forward_queries = counting
+    return handles + [_Restore(last)]
 
 
 def test_full_sweep_shares_block_evaluations():

@@ -15,6 +15,8 @@ the window. What makes it fast:
   and sublayers in bf16 while the residual stream, the final norm and the head stay in float32: the
   differences between patched runs are small, and a bf16 residual would round them away. (This is
   ~15% faster than autocast, which re-casts activations at every linear layer.)
+* the last block of a CLS-pooled model is evaluated for the readout token only when nothing is hooked
+  there (`HookedViT.output_from`): its queries, attention output and MLP cost one row, not ``pos``.
 
 Example:
     >>> out = run_patched(model, ctx, source, "resid_pre", [(4, 8)], units, batch_size=64)  # doctest: +SKIP
@@ -69,8 +71,8 @@ def run_blocks(model: Any, resid: Tensor, start: int, stop: int) -> Tensor:
 
 
 def finish(model: Any, resid: Tensor, start: int) -> Tensor:
-    """Unpatched run from block ``start`` to the output (final norm and head in the model's dtype)."""
-    return model.unembed(run_blocks(model, resid, start, model.cfg.n_layers).to(model.dtype))
+    """Unpatched run from block ``start`` to the output (see `HookedViT.output_from`)."""
+    return model.output_from(resid, start).to(model.dtype)
 
 
 def source_run(model: Any, images: Tensor, hook_names: set[str]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -47,7 +47,7 @@ from caap_lens.config import HookedViTConfig
 from caap_lens.grid import PatchGrid
 from caap_lens.model.block import TransformerBlock
 from caap_lens.model.embed import PatchEmbed, PosEmbed
-from caap_lens.model.layer_norm import LayerNorm
+from caap_lens.model.layer_norm import LayerNorm, has_hooks
 from caap_lens.preprocessing import preprocess
 
 ReturnType = Literal["logits", "pooled", None]
@@ -208,6 +208,32 @@ class HookedViT(HookedRootModule):
             pooled = normed[:, 0]
         pooled = self.hook_pooled(pooled)
         return pooled if self.ln_pooled is None else self.ln_pooled(pooled)
+
+    def readout_tokens(self) -> int | None:
+        """How many leading tokens the output reads from the last block (None: all of them)."""
+        if self.cfg.pooling == "avg":
+            return None
+        return 2 if self.cfg.pooling == "token_dist" else 1
+
+    def output_from(self, resid: Float[Tensor, "batch pos d_model"], start: int) -> Tensor:
+        """The output of an unhooked run from block ``start``; equal to ``forward(resid, start_at_layer=start)``.
+
+        When nothing is hooked in the last block or the final norm, and the output reads only the
+        CLS (and distillation) token, the last block is evaluated for those rows alone
+        (`TransformerBlock.forward_queries`): fewer FLOPs, same values up to float rounding.
+        """
+        n = self.cfg.n_layers
+        n_query = self.readout_tokens()
+        tail_hooked = start >= n or any(has_hooks(h) for h in self.blocks[n - 1].hook_points())
+        if self.ln_final is not None:
+            tail_hooked = tail_hooked or has_hooks(self.ln_final.hook_scale) or has_hooks(self.ln_final.hook_normalized)
+        if n_query is None or tail_hooked:
+            for block in self.blocks[start:]:
+                resid = block(resid)
+            return self.unembed(resid)
+        for block in self.blocks[start : n - 1]:
+            resid = block(resid)
+        return self.unembed(self.blocks[n - 1].forward_queries(resid, n_query))
 
     def unembed(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch n_classes"]:
         """From the final residual stream to the output (logits, or the pooled feature if headless)."""
