@@ -148,7 +148,10 @@ def fidelity(
         model: A `HookedViT`.
         images: Images as for `attribute`.
         target: As for `attribute`.
-        layers, context, hook, score: Shared by both methods (as in `caap`).
+        layers: Window shared by both methods (as in `caap`).
+        context: Neutral context shared by both methods (as in `caap`).
+        hook: Patched activation shared by both methods (as in `caap`).
+        score: Score shared by both methods (as in `caap`).
         batch_size: CAAP's patched runs per forward pass.
 
     Returns:

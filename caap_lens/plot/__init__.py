@@ -4,6 +4,10 @@
 * `map_grid` — images (rows) × methods or settings (columns), one colour scale per column.
 * `top_classes_bar` — the model's top-k classes with their probabilities or logits.
 * `depth_profile_lines`, `depth_heatmap`, `depth_slider` — patch effects across depth.
+* `window_sweep_heatmap`, `window_sweep_view` — a score per window ``[start, stop)`` as a start × stop
+  table, alone or beside the maps of chosen windows.
+* `head_grid` — per-head maps as a layers × heads grid on one colour scale.
+* `metric_curves` — deletion / insertion curves of several methods, AUC in the legend.
 
 Example:
     >>> from caap_lens.plot import map_overlay
@@ -13,7 +17,21 @@ Example:
 """
 
 from caap_lens.plot.classes import top_classes_bar
+from caap_lens.plot.curves import metric_curves
 from caap_lens.plot.depth import depth_heatmap, depth_profile_lines, depth_slider
+from caap_lens.plot.heads import head_grid
 from caap_lens.plot.maps import map_grid, map_overlay
+from caap_lens.plot.sweeps import window_sweep_heatmap, window_sweep_view
 
-__all__ = ["depth_heatmap", "depth_profile_lines", "depth_slider", "map_grid", "map_overlay", "top_classes_bar"]
+__all__ = [
+    "depth_heatmap",
+    "depth_profile_lines",
+    "depth_slider",
+    "head_grid",
+    "map_grid",
+    "map_overlay",
+    "metric_curves",
+    "top_classes_bar",
+    "window_sweep_heatmap",
+    "window_sweep_view",
+]
