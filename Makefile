@@ -1,13 +1,13 @@
 # The project's two commands (see README.md). Both are idempotent: re-running them only re-checks.
 #   make demo   installs caap-lens and runs the main job, `caap-lens explain`, on the bundled model
-#   make test   installs what the tests need and runs them (fast suite, then the slow-marked tests)
+#   make test   installs what the tests need and runs them (fast suite, slow-marked tests, docs build)
 # constraints.txt pins torch to 2.13.0 so pip takes the local CPU wheel instead of a CUDA build.
 
 PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install install-dev demo test test-fast test-slow bench system-deps
+.PHONY: install install-dev demo test test-fast test-slow docs bench system-deps
 
 install:
 	$(PIP_INSTALL) torch==2.13.0
@@ -38,7 +38,11 @@ test-fast: install-dev
 test-slow: install-dev
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m slow || [ $$? -eq 5 ]
 
-test: test-fast test-slow
+# The documentation site, warnings as errors (mkdocs.yml sets strict: true as well).
+docs: install-dev
+	$(PYTHON) -m mkdocs build --strict -d site
+
+test: test-fast test-slow docs
 
 bench: install
 	$(PYTHON) benchmarks/bench_caap.py

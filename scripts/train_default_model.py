@@ -38,12 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from caap_lens._timm import import_timm  # noqa: E402
-from caap_lens.data import FASHION_MNIST_CLASSES, SceneConfig, SceneSet, build_scenes  # noqa: E402
+from caap_lens._timm import import_timm
+from caap_lens.data import FASHION_MNIST_CLASSES, SceneConfig, build_scenes
 
 DEFAULT_OUT = REPO / "caap_lens" / "pretrained" / "fashion_scenes_vit"
 MODEL_NAME = "fashion-scenes-vit"
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
 
     prefetch = Prefetcher(args.prefetch)
-    epoch_seed = lambda e: args.seed * 10_000 + e  # noqa: E731
+    epoch_seed = lambda e: args.seed * 10_000 + e
     job = prefetch.submit("train", args.train_scenes, epoch_seed(1), cfg) if args.epochs > 1 else None
     step, train_time, history = 0, 0.0, []
     quick = slice(0, min(1000, len(test_images)))
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
         if step >= total:
             break
     prefetch.close()
-    wall_train, cpu_train = time.perf_counter() - wall0, time.process_time() - cpu0
+    wall_train = time.perf_counter() - wall0
 
     scores = predict(model, test_images, mean, std)
     test_map, test_aps = mean_average_precision(scores, test_labels)
@@ -490,7 +490,7 @@ pullover and coat at this resolution. Not a general-purpose classifier.
 
 
 def _design_note(s: dict) -> str:
-    norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 (JSON turns tuples into lists)
+    norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
     default = dataclasses.asdict(SceneConfig())
     changed = {k: v for k, v in s.items() if norm(v) != norm(default[k])}
     if not changed:

@@ -11,8 +11,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from caap_lens.data import FASHION_MNIST_CLASSES  # noqa: E402
-from caap_lens.loading.bundled import (  # noqa: E402
+from caap_lens.data import FASHION_MNIST_CLASSES
+from caap_lens.loading.bundled import (
     BUNDLED,
     bundled_config,
     list_bundled,
@@ -20,7 +20,7 @@ from caap_lens.loading.bundled import (  # noqa: E402
     load_bundled_scenes,
     load_bundled_timm,
 )
-from caap_lens.model.hooked_vit import HookedViT  # noqa: E402
+from caap_lens.model.hooked_vit import HookedViT
 
 NAME = "fashion-scenes-vit"
 
