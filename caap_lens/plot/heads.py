@@ -154,6 +154,7 @@ def head_grid(
                         horizontal_spacing=min(0.02, 0.2 / max(1, n_heads)),
                         vertical_spacing=min(0.02, 0.2 / max(1, n_layers)))
     dy, dx = height / gh, width / gw
+    shapes: list[dict] = []
     for i, layer in enumerate(labels):
         row_name = _row_title(layer)
         for j, head in enumerate(head_ids):
@@ -170,11 +171,11 @@ def head_grid(
             ), row=i + 1, col=j + 1)
             index = i * n_heads + j + 1
             suffix = "" if index == 1 else str(index)
-            if grid_lines:
-                for shape in grid_shapes(grid.grid_size, height, width, f"x{suffix}", f"y{suffix}", grid_color,
-                                         line_width=0.5):
-                    fig.add_shape(shape)
+            if grid_lines:  # collected and set once: plotly's add_shape is quadratic in the shape count
+                shapes += grid_shapes(grid.grid_size, height, width, f"x{suffix}", f"y{suffix}", grid_color,
+                                      line_width=0.5)
             _image_axes(fig, height, width, grid, row=i + 1, col=j + 1, x_anchor=f"x{suffix}", titles=False)
+    fig.update_layout(shapes=shapes)
     fig.update_xaxes(showticklabels=False, ticks="")
     fig.update_yaxes(showticklabels=False, ticks="")
     fig.update_annotations(font_size=11)

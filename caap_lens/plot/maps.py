@@ -290,8 +290,7 @@ def map_overlay(
         colorscale=colors["colorscale"], zmin=colors["zmin"], zmax=colors["zmax"],
         colorbar={"title": {"text": value_name}, "thickness": 14},
     ))
-    for shape in grid_shapes(grid.grid_size, height, width, color=grid_color):
-        fig.add_shape(shape)
+    fig.update_layout(shapes=grid_shapes(grid.grid_size, height, width, color=grid_color))
     _image_axes(fig, height, width, grid)
     margin = {"l": 60, "r": 20, "t": 60, "b": 50}
     fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"}, height=size,
@@ -368,6 +367,7 @@ def map_grid(
         raise ValueError(f"{len(row_titles)} row titles for {n} images")
     fig = make_subplots(rows=n, cols=len(names), column_titles=names, row_titles=list(row_titles or []) or None,
                         horizontal_spacing=0.04, vertical_spacing=0.03)
+    shapes: list[dict] = []
     for j, (name, column) in enumerate(zip(names, columns)):
         colors = color_range(column, colorscale)
         axis = f"coloraxis{j + 1}" if j else "coloraxis"
@@ -379,12 +379,12 @@ def map_grid(
                                         name=name, coloraxis=axis), row=i + 1, col=j + 1)
             index = i * len(names) + j + 1
             suffix = "" if index == 1 else str(index)
-            if grid_lines:
-                for shape in grid_shapes(grid.grid_size, height, width, f"x{suffix}", f"y{suffix}", grid_color):
-                    fig.add_shape(shape)
+            if grid_lines:  # collected and set once: plotly's add_shape is quadratic in the shape count
+                shapes += grid_shapes(grid.grid_size, height, width, f"x{suffix}", f"y{suffix}", grid_color)
             _image_axes(fig, height, width, grid, row=i + 1, col=j + 1, x_anchor=f"x{suffix}", titles=False)
             fig.update_xaxes(showticklabels=False, row=i + 1, col=j + 1)
             fig.update_yaxes(showticklabels=False, row=i + 1, col=j + 1)
+    fig.update_layout(shapes=shapes)
     for j in range(len(names)):
         domain = fig.layout[f"xaxis{'' if j == 0 else j + 1}"].domain
         axis = f"coloraxis{j + 1}" if j else "coloraxis"
