@@ -582,3 +582,19 @@ def test_patched_scores_rejects_bad_windows_and_duplicate_score_names(vit):
     also_mine.__name__ = "mine"
     with pytest.raises(ValueError, match=r"distinct names.*\['mine', 'mine'\]"):
         patched_scores(vit, x, 1, [(0, 2)], scores=[mine, also_mine])
+
+
+def test_sigmoid_score_is_the_sigmoid_of_the_logit_map():
+    from caap_lens import HookedViT
+
+    # Multi-label models score classes independently; "sigmoid" must equal sigmoid(logit) per patch.
+    from caap_lens.attribution.scores import resolve_score
+
+    model = HookedViT.from_timm("vit_tiny_patch16_224", depth=2, img_size=32)
+    images = torch.randn(2, 3, 32, 32)
+    logits = caap(model, images, target=[1, 4], layers=(0, 1), score="logit")
+    probs = caap(model, images, target=[1, 4], layers=(0, 1), score="sigmoid")
+    torch.testing.assert_close(probs.map, torch.sigmoid(logits.map))
+    torch.testing.assert_close(probs.source_score, torch.sigmoid(logits.source_score))
+    out = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    torch.testing.assert_close(resolve_score("sigmoid")(out, torch.tensor([1, 0])), torch.sigmoid(torch.tensor([2.0, 1.0])))

@@ -6,6 +6,8 @@ of each row ``[rows]``. Built-ins, by name:
 
 * ``"logit"`` (default) — the target logit: linear in the last residual stream, no saturation.
 * ``"prob"`` — softmax probability of the target.
+* ``"sigmoid"`` — sigmoid of the target logit: the probability of a multi-label model (classes
+  scored independently, like the bundled ``fashion-scenes-vit``), where a softmax would be wrong.
 * ``"log_prob"`` — log-softmax of the target.
 * ``"margin"`` — target logit minus the largest other logit.
 * `logit_diff(other)` — target logit minus a fixed other class's logit.
@@ -47,6 +49,11 @@ def prob(output: Float[Tensor, "rows n_out"], target: Int[Tensor, " rows"]) -> F
     return _pick(output.float().softmax(-1), target)
 
 
+def sigmoid(output: Float[Tensor, "rows n_out"], target: Int[Tensor, " rows"]) -> Float[Tensor, " rows"]:
+    """The target's sigmoid probability (multi-label models)."""
+    return torch.sigmoid(_pick(output.float(), target))
+
+
 def log_prob(output: Float[Tensor, "rows n_out"], target: Int[Tensor, " rows"]) -> Float[Tensor, " rows"]:
     """The target's log-softmax."""
     return _pick(output.float().log_softmax(-1), target)
@@ -86,7 +93,7 @@ def embedding_similarity(embeddings: Float[Tensor, "n_targets d_out"]) -> Score:
     return similarity
 
 
-SCORES: dict[str, Score] = {"logit": logit, "prob": prob, "log_prob": log_prob, "margin": margin}
+SCORES: dict[str, Score] = {"logit": logit, "prob": prob, "sigmoid": sigmoid, "log_prob": log_prob, "margin": margin}
 
 
 def resolve_score(score: ScoreLike) -> Score:
