@@ -532,7 +532,7 @@ BAD_INPUT = [
     (dict(heads=True, hook="resid_pre"), ValueError, r"per-head maps patch attn.hook_z.*hook='z'"),
     (dict(per_layer=True), ValueError, r"per_layer=True needs heads=True"),
     (dict(batch_size=0), ValueError, r"batch_size must be >= 1, got 0"),
-    (dict(score="accuracy"), ValueError, r"unknown score 'accuracy'.*logit, prob, log_prob, margin"),
+    (dict(score="accuracy"), ValueError, r"unknown score 'accuracy'.*logit, prob, sigmoid, log_prob, margin"),
     (dict(dtype=torch.float64), ValueError, r"dtype must be None, torch.bfloat16 or torch.float16"),
 ]
 
