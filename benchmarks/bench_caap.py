@@ -34,6 +34,7 @@ from caap_lens.attribution.reference import caap_naive  # noqa: E402
 from caap_lens.attribution.runner import finish  # noqa: E402
 from caap_lens.attribution.units import Units, patch_units  # noqa: E402
 from caap_lens.attribution.contexts import resolve_context  # noqa: E402
+from caap_lens.stats import spearman as row_spearman  # noqa: E402
 from caap_lens.sweeps import all_windows, window_sweep  # noqa: E402
 
 
@@ -86,13 +87,6 @@ def paired(fn_a, fn_b, repeats: int):
         out_b = fn_b()
         best_b = min(best_b, time.perf_counter() - t0)
     return best_a, out_a, best_b, out_b
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra = a.flatten().argsort().argsort().double()
-    rb = b.flatten().argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
 def compute_floor(model: HookedViT, image: torch.Tensor, layers: tuple[int, int], batch_size: int) -> torch.Tensor:
@@ -201,7 +195,7 @@ def main() -> None:
         bf16_fn = lambda: caap(model, image, layers=layers, batch_size=args.batch_size, dtype=torch.bfloat16)  # noqa: E731
         bf16_fn()  # warm-up
         t_ours, ours, t_bf16, bf16 = paired(ours_fn, bf16_fn, args.repeats)
-        rho = spearman(bf16.map, ours.map)
+        rho = float(row_spearman(bf16.map.flatten()[None], ours.map.flatten()[None])[0])
         fig.update(ours_fp32_s_bf16_pair=t_ours, bf16_s=t_bf16, bf16_speedup=t_ours / t_bf16, bf16_spearman=rho,
                    fp32_map_range=float(ours.map.max() - ours.map.min()),
                    bf16_max_abs_diff=float((bf16.map - ours.map).abs().max()))

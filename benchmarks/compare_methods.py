@@ -63,7 +63,7 @@ from caap_lens.metrics import (
     pointing_game,
     randomisation_check,
 )
-from caap_lens.metrics.stats import spearman
+from caap_lens.stats import spearman
 from caap_lens.sweeps import all_windows, window_sweep
 
 REPO = Path(__file__).resolve().parents[1]

@@ -37,7 +37,7 @@ from caap_lens.metrics import (
     top_overlap,
     unit_order,
 )
-from caap_lens.metrics.stats import t_quantile
+from caap_lens.stats import t_quantile
 from conftest import make_timm
 
 GRID = PatchGrid(grid_size=(4, 4), patch_size=(16, 16), n_prefix_tokens=1)

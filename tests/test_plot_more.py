@@ -9,7 +9,7 @@ import torch
 from caap_lens.attribution.result import CAAPResult
 from caap_lens.grid import PatchGrid
 from caap_lens.metrics.curves import Curve
-from caap_lens.metrics.stats import mean_ci
+from caap_lens.stats import mean_ci
 from caap_lens.plot import head_grid, metric_curves, window_sweep_heatmap, window_sweep_view
 from caap_lens.plot.curves import band_bounds
 from caap_lens.plot.sweeps import window_scores, window_table

@@ -140,7 +140,8 @@ def patched_scores(
         targets = resolve_targets(model, target, source_out, all(scores_index_classes(s) for s in scores))
         starts = sorted({start for start, _ in windows})
         ctx_resid = ctx.residuals(model, x, starts)
-        ctx_out = {w: finish(model, ctx_resid[w[0]], w[0]).float().cpu() for w in windows}
+        # the unpatched context run depends on the window's start only, not its stop
+        ctx_out = {start: finish(model, ctx_resid[start], start).float().cpu() for start in starts}
         total = batch * units.n_units * len(starts)
         bar = _Progress(total, progress, "CAAP")
         t1 = time.perf_counter()
@@ -155,7 +156,7 @@ def patched_scores(
     maps, source_scores, context_scores = {}, {}, {}
     for name, fn in score_fns.items():
         values = fn(out.reshape(n_w * batch * n_u, -1), row_targets).reshape(n_w, batch, n_u)
-        ctx_scores = torch.stack([fn(ctx_out[w], targets) for w in windows])  # [n_windows, batch]
+        ctx_scores = torch.stack([fn(ctx_out[start], targets) for start, _ in windows])  # [n_windows, batch]
         if relative:
             values = values - ctx_scores[:, :, None]
         maps[name] = values.reshape(n_w, batch, *units.shape)

@@ -24,7 +24,8 @@ Example:
 """
 
 from caap_lens.baselines.attention import raw_attention, rollout, transformer_attribution
-from caap_lens.baselines.attribution_patching import attribution_patching, fidelity, pearson, spearman
+from caap_lens.baselines.attribution_patching import attribution_patching, fidelity
+from caap_lens.stats import pearson, spearman  # re-exported: fidelity's correlations
 from caap_lens.baselines.base import METHODS, Attribution, attribute, caap_attribution, resolve_method
 from caap_lens.baselines.gradients import gradcam, integrated_gradients
 from caap_lens.baselines.perturbation import occlusion, rise, rise_masks

@@ -55,6 +55,7 @@ from caap_lens.baselines.base import (
     target_scores,
 )
 from caap_lens.patching import patchable_hook_name, resolve_hook
+from caap_lens.stats import pearson, spearman
 
 
 def attribution_patching(
@@ -107,30 +108,6 @@ def attribution_patching(
 
 
 # -------------------------------------------------------------------------------------- fidelity
-def average_ranks(values: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
-    """Ranks 0..n-1, ties sharing their average rank (as ``scipy.stats.rankdata`` minus one)."""
-    order = values.argsort(stable=True)
-    ranks = torch.empty(values.shape[0], dtype=torch.float64)
-    ranks[order] = torch.arange(values.shape[0], dtype=torch.float64)
-    _, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
-    sums = torch.zeros(counts.shape[0], dtype=torch.float64).index_add_(0, inverse, ranks)
-    return (sums / counts)[inverse]
-
-
-def pearson(a: Float[Tensor, "batch *units"], b: Float[Tensor, "batch *units"]) -> Float[Tensor, " batch"]:
-    """Pearson correlation per image over all units; NaN where a map is constant."""
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).float()
-
-
-def spearman(a: Float[Tensor, "batch *units"], b: Float[Tensor, "batch *units"]) -> Float[Tensor, " batch"]:
-    """Spearman rank correlation per image (average ranks for ties); NaN where a map is constant."""
-    ra = torch.stack([average_ranks(row) for row in a.flatten(1).cpu()])
-    rb = torch.stack([average_ranks(row) for row in b.flatten(1).cpu()])
-    return pearson(ra, rb)
-
-
 def fidelity(
     model: Any,
     images: Any,

@@ -5,7 +5,7 @@
 * `caap_lens.metrics.localisation` — against ground-truth masks: pointing game, mask energy, mask
   AUROC, and their chance levels.
 * `caap_lens.metrics.sanity` — Adebayo et al.'s model-randomisation check.
-* `caap_lens.metrics.stats` — average ranks, Spearman, ``mean_ci`` for comparison tables.
+* `caap_lens.stats` (re-exported here) — average ranks, Spearman, Pearson, ``mean_ci`` for comparison tables.
 
 Maps are patch maps ``[batch, gh, gw]`` or pixel maps ``[batch, H, W]``; every function documents
 its protocol and tie rule.
@@ -30,7 +30,7 @@ from caap_lens.metrics.curves import (
 )
 from caap_lens.metrics.localisation import chance_level, mask_auroc, mask_energy, pointing_game
 from caap_lens.metrics.sanity import randomisation_check, randomise_layers, top_overlap
-from caap_lens.metrics.stats import average_ranks, mean_ci, spearman
+from caap_lens.stats import average_ranks, mean_ci, spearman
 
 __all__ = [
     "Curve",

@@ -57,7 +57,7 @@ from torch import Tensor
 from caap_lens.attribution.contexts import ImageContext, resolve_context
 from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes
 from caap_lens.attribution.targets import TargetLike, resolve_targets
-from caap_lens.metrics.stats import mean_ci
+from caap_lens.stats import mean_ci
 
 Unit = Literal["patch", "pixel"]
 Mode = Literal["deletion", "insertion", "positive", "negative"]
@@ -84,7 +84,7 @@ class Curve:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def mean_ci(self, level: float = 0.95, method: Literal["t", "bootstrap"] = "t") -> tuple[float, float, float]:
-        """``(mean, lo, hi)`` of the AUC over images (see `caap_lens.metrics.stats.mean_ci`)."""
+        """``(mean, lo, hi)`` of the AUC over images (see `caap_lens.stats.mean_ci`)."""
         return mean_ci(self.auc, level=level, method=method)
 
 

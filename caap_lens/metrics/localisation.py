@@ -47,7 +47,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from caap_lens.grid import PatchGrid
-from caap_lens.metrics.stats import average_ranks
+from caap_lens.stats import average_ranks
 
 Maps = Float[Tensor, "batch h w"]
 Masks = Bool[Tensor, "batch height width"]

@@ -45,7 +45,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from caap_lens.attribution.targets import TargetLike, resolve_targets
-from caap_lens.metrics.stats import spearman
+from caap_lens.stats import spearman
 
 MethodFn = Callable[[Any, Tensor, Tensor], Tensor]
 INIT_STD = 0.02

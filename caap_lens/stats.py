@@ -63,8 +63,30 @@ def average_ranks(values: Float[Tensor, "batch n"]) -> Float[Tensor, "batch n"]:
     return torch.empty_like(sorted_ranks).scatter_(1, order, sorted_ranks)
 
 
-def spearman(a: Float[Tensor, "batch n"], b: Float[Tensor, "batch n"]) -> Float[Tensor, " batch"]:
-    """Spearman's rank correlation of each row of ``a`` with the same row of ``b``.
+def _rows(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(f"expected two [batch, ...] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return a.flatten(1), b.flatten(1)
+
+
+def pearson(a: Float[Tensor, "batch *n"], b: Float[Tensor, "batch *n"]) -> Float[Tensor, " batch"]:
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (trailing axes flattened).
+
+    A row where either input is constant has no variance: NaN.
+
+    Example:
+        >>> pearson(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[2.0, 4.0, 6.0]]))
+        tensor([1.], dtype=torch.float64)
+    """
+    a, b = _rows(a, b)
+    a = a.double() - a.double().mean(dim=-1, keepdim=True)
+    b = b.double() - b.double().mean(dim=-1, keepdim=True)
+    denom = (a.square().sum(-1) * b.square().sum(-1)).sqrt()
+    return torch.where(denom > 0, (a * b).sum(-1) / denom, torch.full_like(denom, float("nan")))
+
+
+def spearman(a: Float[Tensor, "batch *n"], b: Float[Tensor, "batch *n"]) -> Float[Tensor, " batch"]:
+    """Spearman's rank correlation of each row of ``a`` with the same row of ``b`` (trailing axes flattened).
 
     Ties get average ranks. A row where either input is constant has no rank variance: NaN.
 
@@ -72,13 +94,8 @@ def spearman(a: Float[Tensor, "batch n"], b: Float[Tensor, "batch n"]) -> Float[
         >>> spearman(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[10.0, 30.0, 20.0]]))
         tensor([0.5000], dtype=torch.float64)
     """
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"expected two [batch, n] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra = ra - ra.mean(dim=-1, keepdim=True)
-    rb = rb - rb.mean(dim=-1, keepdim=True)
-    denom = (ra.square().sum(-1) * rb.square().sum(-1)).sqrt()
-    return torch.where(denom > 0, (ra * rb).sum(-1) / denom, torch.full_like(denom, float("nan")))
+    a, b = _rows(a, b)
+    return pearson(average_ranks(a), average_ranks(b))
 
 
 def _t_cdf(t: float, df: float) -> float:
