@@ -598,3 +598,27 @@ def test_sigmoid_score_is_the_sigmoid_of_the_logit_map():
     torch.testing.assert_close(probs.source_score, torch.sigmoid(logits.source_score))
     out = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
     torch.testing.assert_close(resolve_score("sigmoid")(out, torch.tensor([1, 0])), torch.sigmoid(torch.tensor([2.0, 1.0])))
+
+
+def test_bf16_restores_the_model_weights_exactly_even_after_an_error():
+    # dtype=bf16 swaps the blocks' parameter data for bf16 copies during the call; the float32
+    # originals (same Parameter objects) must come back bit for bit, also when a hook raises.
+    from caap_lens import HookedViT
+
+    model = HookedViT.from_timm("vit_tiny_patch16_224", depth=2, img_size=32)
+    images = torch.randn(1, 3, 32, 32)
+    before = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    plain = caap(model, images, layers=(0, 2)).map
+
+    caap(model, images, layers=(0, 2), dtype=torch.bfloat16)
+
+    def boom(act, *, hook):
+        raise RuntimeError("hook failed")
+
+    with pytest.raises(RuntimeError, match="hook failed"):
+        caap(model, images, layers=(0, 2), dtype=torch.bfloat16, fwd_hooks=[("blocks.1.hook_mlp_out", boom)])
+    for name, param in model.named_parameters():
+        original, value = before[name]
+        assert param is original and param.dtype == torch.float32, name
+        assert torch.equal(param.detach(), value), name
+    assert torch.equal(caap(model, images, layers=(0, 2)).map, plain)
