@@ -134,7 +134,8 @@ def test_items_drawn_where_masks_say():
     by_class = [np.flatnonzero(src[1] == c) for c in range(10)]
     rng = np.random.default_rng(0)
     for _ in range(30):
-        image, classes, boxes, masks, indices, background = sc._render_scene(rng, cfg, src[0], by_class)
+        classes, boxes, masks, indices, background, layers = sc._render_scene(rng, cfg, src[0], by_class)
+        image = sc._compose(background, layers)
         bg8 = np.rint(background * 255).astype(np.int64)
         diff = np.abs(image.astype(np.int64) - bg8).max(axis=-1)
         in_box = np.zeros(image.shape[:2], bool)
@@ -230,7 +231,7 @@ def test_bad_config(kwargs, match):
 def test_source_with_too_few_classes():
     images, labels = _fake_source(0)
     keep = labels < 2
-    with pytest.raises(ValueError, match="only 2 classes"):
+    with pytest.raises(ValueError, match="only 2 labels"):
         build_scenes("train", 3, source=(images[keep], labels[keep]))
 
 
@@ -285,3 +286,53 @@ def test_real_scenes_use_their_own_split():
             x0, y0, x1, y1 = s.item_boxes[i, j]
             expected = _resized_mask(glyphs[idx], x1 - x0, s.config.mask_threshold)
             np.testing.assert_array_equal(s.item_masks[i, j, y0:y1, x0:x1], expected)
+
+
+def test_removal_images_differ_only_inside_the_removed_item():
+    """Scene without item k == scene outside k's box, and == the background inside it (no overlap)."""
+    s = build_scenes("test", 12, seed=3, removals=True, source=_fake_source(3))
+    plain = build_scenes("test", 12, seed=3, source=_fake_source(3))
+    np.testing.assert_array_equal(s.images, plain.images)  # asking for removals changes no scene
+    assert s.removal_images.shape == (12, 3, 64, 64, 3)
+    for i in range(len(s)):
+        for j in range(3):
+            removed = s.removal_images[i, j]
+            if s.item_classes[i, j] < 0:
+                assert not removed.any()
+                continue
+            x0, y0, x1, y1 = s.item_boxes[i, j]
+            box = np.zeros((64, 64), bool)
+            box[y0:y1, x0:x1] = True
+            np.testing.assert_array_equal(removed[~box], s.images[i][~box])
+            changed = (removed != s.images[i]).any(-1)
+            assert changed[s.item_masks[i, j]].mean() > 0.9 and not changed[~box].any()
+
+
+def test_removal_images_round_trip(tmp_path):
+    s = build_scenes("test", 3, seed=1, removals=True, source=_fake_source(3))
+    back = SceneSet.load(s.save(tmp_path / "r.npz"))
+    np.testing.assert_array_equal(back.removal_images, s.removal_images)
+    assert SceneSet.load(build_scenes("test", 3, seed=1, source=_fake_source(3)).save(tmp_path / "p")).removal_images is None
+
+
+def test_class_groups_label_each_item_once():
+    groups = ((0, 2, 4, 6, 3), (1,), (5,), (7,), (8,), (9,))
+    cfg = SceneConfig(class_groups=groups, group_names=("top", "trouser", "sandal", "sneaker", "bag", "boot"))
+    src = _fake_source(3)
+    s = build_scenes("train", 40, seed=2, config=cfg, source=src)
+    assert s.labels.shape == (40, 6) and s.class_names[0] == "top"
+    label_of = cfg.label_of_class()
+    for i in range(len(s)):
+        present = s.item_classes[i][s.item_classes[i] >= 0]
+        assert len(set(present)) == len(present)  # one item per label
+        assert set(present) == set(np.flatnonzero(s.labels[i]))
+        for j in np.flatnonzero(s.item_classes[i] >= 0):
+            assert label_of[src[1][s.item_indices[i, j]]] == s.item_classes[i, j]
+    back = SceneSet.load(s.save("/tmp/groups_scenes.npz"))
+    assert back.config == cfg and back.class_names == s.class_names
+
+
+@pytest.mark.parametrize("groups", [((0, 1), (1, 2)), ((0,), ()), ((11,),)])
+def test_bad_class_groups(groups):
+    with pytest.raises(ValueError, match="class_groups"):
+        SceneConfig(class_groups=groups)

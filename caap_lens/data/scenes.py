@@ -14,7 +14,16 @@ An item's mask is ``alpha > mask_threshold * max(alpha)`` inside its box
 (minus pixels masked by later items when overlap is allowed). As
 ``background_max < item_value[0]``, high-alpha pixels always stand out, so the
 masks are exact ground truth for attribution metrics (pointing game, mask
-energy). All draws come from ``np.random.default_rng([seed, split_id])``: the
+energy).
+
+Two options serve deeper testbeds. ``SceneConfig.class_groups`` merges Fashion-MNIST classes into
+coarser labels (e.g. the four confusable tops into one "top"); each scene then holds items of
+distinct *groups*, so every label present in a scene belongs to exactly one item. With
+``build_scenes(..., removals=True)`` every scene is also re-rendered once per item *without* that
+item, on exactly the same background and with the other items unchanged (one compositing function
+draws both), so the true effect of removing an item on a model's score is known exactly.
+
+All draws come from ``np.random.default_rng([seed, split_id])``: the
 same arguments give identical arrays, train and test differ, and train scenes
 use only Fashion-MNIST train images, test scenes only test images.
 """
@@ -68,14 +77,32 @@ class SceneConfig:
     background_scales: tuple[int, ...] = (4, 8, 16)
     background_max: float = 0.5
     item_value: tuple[float, float] = (0.7, 1.0)
+    class_groups: tuple[tuple[int, ...], ...] | None = None
+    group_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_items", "item_size", "background_scales", "item_value"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.class_groups is not None:
+            groups = tuple(tuple(int(c) for c in g) for g in self.class_groups)
+            object.__setattr__(self, "class_groups", groups)
+            flat = [c for g in groups for c in g]
+            if not groups or any(not g for g in groups) or len(set(flat)) != len(flat) \
+                    or not set(flat) <= set(range(_NUM_CLASSES)):
+                raise ValueError("class_groups must be non-empty, disjoint groups of Fashion-MNIST classes "
+                                 f"0..{_NUM_CLASSES - 1}, got {self.class_groups}")
+            names = self.group_names
+            if names is None:
+                names = tuple("/".join(FASHION_MNIST_CLASSES[c] for c in g) for g in groups)
+            if len(names) != len(groups):
+                raise ValueError(f"group_names has {len(names)} names for {len(groups)} class_groups")
+            object.__setattr__(self, "group_names", tuple(names))
+        elif self.group_names is not None:
+            raise ValueError("group_names needs class_groups")
         size, (n_lo, n_hi), (s_lo, s_hi) = self.image_size, self.n_items, self.item_size
-        if not 1 <= n_lo <= n_hi <= _NUM_CLASSES:
-            raise ValueError(f"n_items must be (low, high) with 1 <= low <= high <= {_NUM_CLASSES} "
-                             f"(each item in a scene has a distinct class), got {self.n_items}")
+        if not 1 <= n_lo <= n_hi <= self.n_labels:
+            raise ValueError(f"n_items must be (low, high) with 1 <= low <= high <= {self.n_labels} "
+                             f"(each item in a scene has a distinct label), got {self.n_items}")
         if not 4 <= s_lo <= s_hi:
             raise ValueError(f"item_size must be (low, high) with 4 <= low <= high, got {self.item_size}")
         if size < s_hi:
@@ -95,6 +122,26 @@ class SceneConfig:
                              f"got background_max={self.background_max}, item_value={self.item_value}")
 
 
+    @property
+    def n_labels(self) -> int:
+        """Number of labels: Fashion-MNIST's 10 classes, or the number of ``class_groups``."""
+        return _NUM_CLASSES if self.class_groups is None else len(self.class_groups)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The label names (class names, or group names when classes are grouped)."""
+        return FASHION_MNIST_CLASSES if self.group_names is None else self.group_names
+
+    def label_of_class(self) -> np.ndarray:
+        """``[10]`` label of each Fashion-MNIST class (-1 for classes left out of every group)."""
+        if self.class_groups is None:
+            return np.arange(_NUM_CLASSES)
+        out = np.full(_NUM_CLASSES, -1)
+        for label, group in enumerate(self.class_groups):
+            out[list(group)] = label
+        return out
+
+
 @dataclass(eq=False)
 class SceneSet:
     """A batch of scenes with per-item ground truth (``K = config.n_items[1]``).
@@ -106,7 +153,9 @@ class SceneSet:
         item_boxes: int64 ``[n, K, 4]`` as ``(x0, y0, x1, y1)``, end exclusive, -1 padded.
         item_masks: bool ``[n, K, H, W]`` (visible pixels of each item), False padded.
         item_indices: int64 ``[n, K]``, index of each glyph in its source split, -1 padded.
-        class_names, config, seed, split: How the set was made.
+        class_names, config, seed, split: How the set was made (``class_names`` are the label names).
+        removal_images: uint8 ``[n, K, H, W, 3]`` or None: scene ``i`` re-rendered without item ``k``
+            (zeros for padded items); made by ``build_scenes(..., removals=True)``.
     """
 
     images: np.ndarray
@@ -119,8 +168,10 @@ class SceneSet:
     config: SceneConfig
     seed: int
     split: str
+    removal_images: np.ndarray | None = None
 
     _ARRAYS = ("images", "labels", "item_classes", "item_boxes", "item_masks", "item_indices")
+    _OPTIONAL = ("removal_images",)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -149,9 +200,10 @@ class SceneSet:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        meta = {"format": _FORMAT, "config": dataclasses.asdict(self.config),
+        meta = {"format": _FORMAT, "config": _config_dict(self.config),
                 "class_names": list(self.class_names), "seed": int(self.seed), "split": self.split}
-        arrays = {name: getattr(self, name) for name in self._ARRAYS}
+        arrays = {name: getattr(self, name) for name in self._ARRAYS + self._OPTIONAL
+                  if getattr(self, name) is not None}
         np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
         return path
 
@@ -163,8 +215,17 @@ class SceneSet:
             if meta.get("format") != _FORMAT:
                 raise ValueError(f"{path} is not a SceneSet file (format {meta.get('format')!r})")
             arrays = {name: z[name] for name in cls._ARRAYS}
+            arrays.update({name: z[name] for name in cls._OPTIONAL if name in z.files})
         return cls(**arrays, class_names=tuple(meta["class_names"]), config=SceneConfig(**meta["config"]),
                    seed=meta["seed"], split=meta["split"])
+
+
+def _config_dict(cfg: SceneConfig) -> dict:
+    """The config as JSON-ready data; the grouping fields only when used (older files stay readable)."""
+    out = dataclasses.asdict(cfg)
+    if cfg.class_groups is None:
+        out.pop("class_groups"), out.pop("group_names")
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -211,18 +272,29 @@ def _place(rng: np.random.Generator, occupied: np.ndarray, cfg: SceneConfig) -> 
     return None
 
 
-def _render_scene(rng: np.random.Generator, cfg: SceneConfig, glyphs: np.ndarray, by_class: list[np.ndarray]):
-    """Draw one scene; returns ``(image, classes, boxes, masks, indices, background)``."""
-    size, present = cfg.image_size, [c for c, idx in enumerate(by_class) if idx.size]
+def _compose(background: np.ndarray, layers: list, skip: int | None = None) -> np.ndarray:
+    """Alpha-composites item ``layers`` ``(x, y, side, alpha, colour)`` over ``background`` in order,
+    leaving out layer ``skip``; uint8 ``[S, S, 3]``. The scene and its removals share this function."""
+    image = background.copy()
+    for j, (x, y, s, alpha, colour) in enumerate(layers):
+        if j != skip:
+            a = alpha[..., None]
+            image[y:y + s, x:x + s] = a * colour + (1.0 - a) * image[y:y + s, x:x + s]
+    return np.rint(image * 255.0).astype(np.uint8)
+
+
+def _render_scene(rng: np.random.Generator, cfg: SceneConfig, glyphs: np.ndarray, by_label: list[np.ndarray]):
+    """Draw one scene; returns ``(labels, boxes, masks, indices, background, layers)``."""
+    size, present = cfg.image_size, [c for c, idx in enumerate(by_label) if idx.size]
     scale = 1.0 / 255.0 if glyphs.dtype == np.uint8 else 1.0
     for _ in range(_MAX_RESTARTS):
-        classes = rng.choice(present, size=int(rng.integers(cfg.n_items[0], cfg.n_items[1] + 1)), replace=False)
+        labels = rng.choice(present, size=int(rng.integers(cfg.n_items[0], cfg.n_items[1] + 1)), replace=False)
         background = _background(rng, cfg)
-        image, occupied = background.copy(), np.zeros((size, size), bool)
-        boxes, masks, indices = [], [], []
-        for c in classes:
+        occupied = np.zeros((size, size), bool)
+        boxes, masks, indices, layers = [], [], [], []
+        for c in labels:
             spot = _place(rng, occupied, cfg)
-            index = int(by_class[c][rng.integers(by_class[c].size)])
+            index = int(by_label[c][rng.integers(by_label[c].size)])
             glyph = glyphs[index].astype(np.float64) * scale
             if spot is None or glyph.max() <= 0:
                 break  # no room left, or a blank glyph: redraw the whole scene
@@ -230,8 +302,7 @@ def _render_scene(rng: np.random.Generator, cfg: SceneConfig, glyphs: np.ndarray
             alpha = np.clip(_resize_matrix(glyph.shape[0], s) @ glyph @ _resize_matrix(glyph.shape[1], s).T, 0, 1)
             colour = rng.uniform(0.05, 1.0, 3)
             colour *= rng.uniform(*cfg.item_value) / colour.max()
-            a = alpha[..., None]
-            image[y:y + s, x:x + s] = a * colour + (1.0 - a) * image[y:y + s, x:x + s]
+            layers.append((x, y, s, alpha, colour))
             mask = np.zeros((size, size), bool)
             mask[y:y + s, x:x + s] = alpha > cfg.mask_threshold * alpha.max()
             occupied[y:y + s, x:x + s] = True
@@ -244,13 +315,12 @@ def _render_scene(rng: np.random.Generator, cfg: SceneConfig, glyphs: np.ndarray
                 for j in range(len(masks) - 1, -1, -1):
                     masks[j], covered = masks[j] & ~covered, covered | masks[j]
             if all(m.any() for m in masks):
-                image = np.rint(image * 255.0).astype(np.uint8)
-                return image, classes.astype(np.int64), np.array(boxes), np.array(masks), np.array(indices), background
+                return labels.astype(np.int64), np.array(boxes), np.array(masks), np.array(indices), background, layers
     raise RuntimeError(f"could not place items after {_MAX_RESTARTS} tries; loosen the SceneConfig: {cfg}")
 
 
 def build_scenes(split: str, n: int, seed: int = 0, config: SceneConfig | None = None,
-                 source: tuple[np.ndarray, np.ndarray] | None = None) -> SceneSet:
+                 source: tuple[np.ndarray, np.ndarray] | None = None, removals: bool = False) -> SceneSet:
     """Build ``n`` deterministic scenes from one Fashion-MNIST split.
 
     Args:
@@ -261,6 +331,7 @@ def build_scenes(split: str, n: int, seed: int = 0, config: SceneConfig | None =
         config: Scene parameters; defaults to ``SceneConfig()``.
         source: Optional preloaded ``(glyphs [m, h, w], labels [m])`` used instead of
             loading ``split`` (uint8 glyphs are scaled by 1/255, floats used as alpha).
+        removals: Also render each scene once per item without that item (``removal_images``).
 
     Returns:
         A :class:`SceneSet`; identical arrays for identical arguments.
@@ -291,25 +362,31 @@ def build_scenes(split: str, n: int, seed: int = 0, config: SceneConfig | None =
             or not np.isin(labels, np.arange(_NUM_CLASSES)).all():
         raise ValueError(f"source must be (glyphs [m, h, w], int labels [m] in 0..{_NUM_CLASSES - 1}), "
                          f"got shapes {glyphs.shape} {labels.dtype}{labels.shape}")
-    by_class = [np.flatnonzero(labels == c) for c in range(_NUM_CLASSES)]
-    n_present = sum(idx.size > 0 for idx in by_class)
+    label_of = cfg.label_of_class()[labels]
+    by_label = [np.flatnonzero(label_of == c) for c in range(cfg.n_labels)]
+    n_present = sum(idx.size > 0 for idx in by_label)
     if n_present < cfg.n_items[1]:
-        raise ValueError(f"config.n_items[1]={cfg.n_items[1]} but the source has only {n_present} classes; "
-                         "expected at least one glyph of each of n_items[1] classes")
+        raise ValueError(f"config.n_items[1]={cfg.n_items[1]} but the source has only {n_present} labels; "
+                         "expected at least one glyph of each of n_items[1] labels")
 
     rng = np.random.default_rng([int(seed), _SPLIT_ID[split]])
     size, k_max = cfg.image_size, cfg.n_items[1]
     images = np.empty((n, size, size, 3), np.uint8)
-    multi_hot = np.zeros((n, _NUM_CLASSES), np.float32)
+    multi_hot = np.zeros((n, cfg.n_labels), np.float32)
     item_classes = np.full((n, k_max), -1, np.int64)
     item_boxes = np.full((n, k_max, 4), -1, np.int64)
     item_masks = np.zeros((n, k_max, size, size), bool)
     item_indices = np.full((n, k_max), -1, np.int64)
+    removal_images = np.zeros((n, k_max, size, size, 3), np.uint8) if removals else None
     for i in range(n):
-        image, classes, boxes, masks, indices, _ = _render_scene(rng, cfg, glyphs, by_class)
+        classes, boxes, masks, indices, background, layers = _render_scene(rng, cfg, glyphs, by_label)
         k = len(classes)
-        images[i], multi_hot[i, classes] = image, 1.0
+        images[i], multi_hot[i, classes] = _compose(background, layers), 1.0
+        if removal_images is not None:
+            for j in range(k):
+                removal_images[i, j] = _compose(background, layers, skip=j)
         item_classes[i, :k], item_boxes[i, :k] = classes, boxes
         item_masks[i, :k], item_indices[i, :k] = masks, indices
     return SceneSet(images, multi_hot, item_classes, item_boxes, item_masks, item_indices,
-                    class_names=FASHION_MNIST_CLASSES, config=cfg, seed=int(seed), split=split)
+                    class_names=cfg.label_names, config=cfg, seed=int(seed), split=split,
+                    removal_images=removal_images)
