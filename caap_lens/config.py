@@ -17,7 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-Pooling = Literal["token", "avg", "token_dist"]
+Pooling = Literal["token", "avg", "max", "avgmax", "token_dist"]
+POOLINGS = ("token", "avg", "max", "avgmax", "token_dist")
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,13 +53,18 @@ class HookedViTConfig:
         distilled: Whether a distillation token follows the CLS token (DeiT distilled).
         pos_embed_on_prefix: Whether the position embedding covers prefix tokens too (timm's
             ``not no_embed_class``); False in DeiT3 and DINOv2-with-registers.
-        pooling: ``"token"`` (CLS), ``"avg"`` (mean of patch tokens), or ``"token_dist"``
+        pooling: ``"token"`` (CLS), ``"avg"`` (mean of patch tokens), ``"max"`` (their elementwise
+            max), ``"avgmax"`` (half the sum of mean and max, as timm), or ``"token_dist"``
             (mean of the CLS and distillation heads' logits, DeiT distilled at inference).
+        pool_include_prefix: ``"avg"``/``"max"``/``"avgmax"`` pool over the prefix tokens too
+            (timm's ``pool_include_prefix=True``), not the patch tokens only.
         pre_norm: LayerNorm on the embeddings before block 0 (CLIP image towers).
         final_norm: LayerNorm on every token after the last block.
         pooled_norm: LayerNorm after pooling (timm's ``fc_norm``).
         layer_scale: Per-channel scales on each block's attention and MLP outputs (DeiT3, DINOv2).
         qkv_bias: Biases on the query/key/value projection.
+        proj_bias: Biases on the attention output projection and both MLP layers (timm's
+            ``proj_bias``).
         act_fn: MLP non-linearity.
         eps: LayerNorm epsilon.
         image_mean: Per-channel mean used by preprocessing.
@@ -81,11 +87,13 @@ class HookedViTConfig:
     distilled: bool = False
     pos_embed_on_prefix: bool = True
     pooling: Pooling = "token"
+    pool_include_prefix: bool = False
     pre_norm: bool = False
     final_norm: bool = True
     pooled_norm: bool = False
     layer_scale: bool = False
     qkv_bias: bool = True
+    proj_bias: bool = True
     act_fn: Activation = "gelu"
     eps: float = 1e-6
     image_mean: tuple[float, ...] = _IMAGENET_MEAN
@@ -102,6 +110,12 @@ class HookedViTConfig:
         self.patch_size = _pair(self.patch_size, "patch_size")
         self.image_mean = tuple(float(v) for v in self.image_mean)
         self.image_std = tuple(float(v) for v in self.image_std)
+        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 0:
+            raise ValueError(f"n_classes must be an int >= 0 (0: a headless backbone), got {self.n_classes!r}")
         if self.d_head is None:
             if self.d_model % self.n_heads:
                 raise ValueError(
@@ -109,9 +123,6 @@ class HookedViTConfig:
                     "pass d_head explicitly"
                 )
             self.d_head = self.d_model // self.n_heads
-        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_channels"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for axis in range(2):
             if self.image_size[axis] % self.patch_size[axis]:
                 raise ValueError(
@@ -123,8 +134,8 @@ class HookedViTConfig:
                 f"image_mean/image_std need {self.n_channels} values (one per channel), got "
                 f"{len(self.image_mean)} and {len(self.image_std)}"
             )
-        if self.pooling not in ("token", "avg", "token_dist"):
-            raise ValueError(f"pooling must be 'token', 'avg' or 'token_dist', got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
         if self.pooling == "token" and not self.class_token:
             raise ValueError("pooling='token' needs class_token=True")
         if self.pooling == "token_dist" and not self.distilled:
@@ -156,6 +167,23 @@ class HookedViTConfig:
     def n_tokens(self) -> int:
         """Sequence length: prefix tokens plus patch tokens."""
         return self.n_prefix_tokens + self.n_patches
+
+    @property
+    def readout_rows(self) -> tuple[int, ...]:
+        """Token rows of the final residual stream that the pooling reads.
+
+        ``(0,)`` for CLS pooling; ``(0, 1)`` for a distilled model (its CLS and distillation heads
+        are averaged); for the pooling over tokens (``"avg"``, ``"max"``, ``"avgmax"``) every patch
+        token, and the prefix tokens too with ``pool_include_prefix``. Methods that read "the
+        readout token's" attention or gradient (`caap_lens.baselines.attention`) average over these
+        rows, with equal weights (exact for ``"avg"`` and ``"token_dist"``).
+        """
+        if self.pooling == "token":
+            return (0,)
+        if self.pooling == "token_dist":
+            return (0, 1)
+        first = 0 if getattr(self, "pool_include_prefix", False) else self.n_prefix_tokens
+        return tuple(range(first, self.n_tokens))
 
     @property
     def n_pos_embed(self) -> int:

@@ -66,7 +66,9 @@ def _layer_norm(module: nn.Module, where: str) -> nn.Module | None:
         return None
     if isinstance(module, nn.LayerNorm) and module.elementwise_affine and module.weight is not None:
         return module
-    raise _unsupported(f"{where} is {type(module).__name__}, expected LayerNorm or Identity")
+    raise _unsupported(
+        f"{where} is {type(module).__name__} (timm option norm_layer), expected LayerNorm or Identity"
+    )
 
 
 def _activation(act: nn.Module) -> str:
@@ -78,59 +80,111 @@ def _activation(act: nn.Module) -> str:
         return "gelu_tanh"
     if _is(act, "ReLU"):
         return "relu"
-    raise _unsupported(f"MLP activation {type(act).__name__} is not supported (GELU, QuickGELU, ReLU are)")
+    raise _unsupported(
+        f"MLP activation {type(act).__name__} (timm option act_layer) is not supported; "
+        "act_layer='gelu', 'gelu_tanh', 'quick_gelu' or 'relu' are"
+    )
 
 
 def _check_blocks(model: nn.Module, eps: float) -> None:
+    block0 = model.blocks[0]
     for i, block in enumerate(model.blocks):
         where = f"blocks[{i}]"
         if not _is(block, "Block"):
-            raise _unsupported(f"{where} is {type(block).__name__}, expected timm's pre-norm Block")
+            raise _unsupported(
+                f"{where} is {type(block).__name__} (timm option block_fn), expected timm's pre-norm Block"
+            )
         attn, mlp = block.attn, block.mlp
         if not _is(attn, "Attention") or not hasattr(attn, "qkv"):
-            raise _unsupported(f"{where}.attn is {type(attn).__name__}, expected Attention with fused qkv")
-        extras = [n for n in ("q_norm", "k_norm", "norm") if not _is(getattr(attn, n, nn.Identity()), "Identity")]
-        if extras or getattr(attn, "gate", None) is not None:
-            raise _unsupported(f"{where}.attn uses {extras or ['gate']}, which HookedViT does not model")
-        if not _is(mlp, "Mlp") or not _is(getattr(mlp, "norm", nn.Identity()), "Identity"):
-            raise _unsupported(f"{where}.mlp is {type(mlp).__name__}, expected a plain two-layer Mlp")
+            raise _unsupported(
+                f"{where}.attn is {type(attn).__name__} (timm option attn_layer), expected Attention with fused qkv"
+            )
+        if not _is(getattr(attn, "q_norm", nn.Identity()), "Identity") or not _is(
+            getattr(attn, "k_norm", nn.Identity()), "Identity"
+        ):
+            raise _unsupported(f"{where}.attn has q_norm/k_norm: it normalises queries and keys (timm option qk_norm=True)")
+        if not _is(getattr(attn, "norm", nn.Identity()), "Identity"):
+            raise _unsupported(f"{where}.attn normalises its output (timm option scale_attn_norm=True)")
+        if getattr(attn, "gate", None) is not None:
+            raise _unsupported(f"{where}.attn has an output gate (timm Attention option gated=True)")
+        if not _is(mlp, "Mlp") or getattr(mlp, "fc1", None) is None or not isinstance(mlp.fc1, nn.Linear):
+            raise _unsupported(
+                f"{where}.mlp is {type(mlp).__name__} (timm option mlp_layer), expected a plain two-layer Mlp"
+            )
+        if not _is(getattr(mlp, "norm", nn.Identity()), "Identity"):
+            raise _unsupported(f"{where}.mlp normalises its hidden layer (timm option scale_mlp_norm=True)")
         for name in ("norm1", "norm2"):
             norm = _layer_norm(getattr(block, name), f"{where}.{name}")
             if norm is None or norm.eps != eps:
-                raise _unsupported(f"{where}.{name} must be a LayerNorm with eps={eps}")
+                raise _unsupported(f"{where}.{name} must be a LayerNorm with eps={eps} (timm option norm_layer)")
         for name in ("ls1", "ls2"):
             if not _is(getattr(block, name), "Identity", "LayerScale"):
-                raise _unsupported(f"{where}.{name} is {type(getattr(block, name)).__name__}")
+                raise _unsupported(f"{where}.{name} is {type(getattr(block, name)).__name__} (timm option init_values)")
+        # every block must have the shape the config records from block 0
+        same = (
+            attn.num_heads == block0.attn.num_heads
+            and attn.head_dim == block0.attn.head_dim
+            and mlp.fc1.out_features == block0.mlp.fc1.out_features
+            and (attn.qkv.bias is None) == (block0.attn.qkv.bias is None)
+            and (attn.proj.bias is None) == (block0.attn.proj.bias is None)
+            and (mlp.fc1.bias is None) == (attn.proj.bias is None)
+            and (mlp.fc2.bias is None) == (attn.proj.bias is None)
+            and _is(block.ls1, type(block0.ls1).__name__)
+            and _is(block.ls2, type(block0.ls1).__name__)
+            and _activation(mlp.act) == _activation(block0.mlp.act)
+        )
+        if not same:
+            raise _unsupported(
+                f"{where} differs from blocks[0] in heads, MLP width, biases (timm options qkv_bias, proj_bias), "
+                "layer scale or activation; HookedViT needs identical blocks"
+            )
+
+
+_POOLS = ("token", "avg", "max", "avgmax")
 
 
 def _base_config(model: nn.Module, family: str, source: str) -> HookedViTConfig:
-    """The config shared by every family, after checking the structure it relies on."""
-    if getattr(model, "attn_pool", None) is not None:
-        raise _unsupported("attention-pool heads (global_pool='map') are not supported")
-    if model.global_pool not in ("token", "avg"):
+    """The config shared by every family, after checking the structure it relies on.
+
+    Every constructor option of timm's ``VisionTransformer`` is either read into the config (and
+    modelled by `HookedViT`, with parity tests), has no effect in eval mode (dropout rates, patch
+    dropout, weight init), or is rejected here with an `UnsupportedModelError` naming the option.
+    """
+    pool = model.global_pool
+    if getattr(model, "attn_pool", None) is not None or pool not in _POOLS:
+        what = "attention pooling" if pool in ("map", "prr") else "no pooling (per-token outputs)" if not pool else "it"
         raise _unsupported(
-            f"global_pool={model.global_pool!r} is not supported; create the model with "
-            "global_pool='token' or 'avg'"
+            f"global_pool={pool!r} is not supported ({what}); create the model with "
+            f"global_pool={' or '.join(repr(p) for p in _POOLS)}"
         )
+    if len(model.blocks) == 0:
+        raise _unsupported("the model has no transformer blocks (timm option depth=0); depth must be >= 1")
     if getattr(model, "pos_embed", None) is None:
-        raise _unsupported("models without a learned absolute position embedding (e.g. RoPE) are not supported")
+        raise _unsupported(
+            "models without a learned absolute position embedding (timm option pos_embed='none', or RoPE) "
+            "are not supported"
+        )
     pe = model.patch_embed
     proj = getattr(pe, "proj", None)
-    if (
-        not _is(pe, "PatchEmbed")
-        or not isinstance(proj, nn.Conv2d)
-        or tuple(proj.kernel_size) != tuple(proj.stride)
-        or tuple(proj.padding) != (0, 0)
-        or not _is(pe.norm, "Identity")
-        or getattr(pe, "dynamic_img_pad", False)
+    if not _is(pe, "PatchEmbed") or not isinstance(proj, nn.Conv2d):
+        raise _unsupported(f"patch embedding {type(pe).__name__} (timm option embed_layer) is not timm's PatchEmbed")
+    if tuple(proj.kernel_size) != tuple(proj.stride) or tuple(proj.padding) != (0, 0):
+        raise _unsupported("the patch embedding's convolution overlaps or pads (timm option embed_layer)")
+    if not _is(pe.norm, "Identity"):
+        raise _unsupported("the patch embedding has a norm (timm option embed_norm_layer)")
+    if getattr(pe, "dynamic_img_pad", False):
+        raise _unsupported("dynamic padding of the input (timm option dynamic_img_pad=True) is not supported")
+    if tuple(model.pos_embed.shape[1:]) != (
+        pe.num_patches + (0 if model.no_embed_class else model.num_prefix_tokens),
+        model.embed_dim,
     ):
-        raise _unsupported(f"patch embedding {type(pe).__name__} is not a plain non-overlapping PatchEmbed")
+        raise _unsupported(f"position embedding of shape {tuple(model.pos_embed.shape)} does not fit the patch grid")
     block0 = model.blocks[0]
     eps = block0.norm1.eps
     _check_blocks(model, eps)
     norms = {name: _layer_norm(getattr(model, name), name) for name in ("norm_pre", "norm", "fc_norm")}
     if any(n is not None and n.eps != eps for n in norms.values()):
-        raise _unsupported("all LayerNorms must share one eps")
+        raise _unsupported("all LayerNorms must share one eps (timm option norm_layer)")
     head = model.head
     if not (_is(head, "Identity") or isinstance(head, nn.Linear)):
         raise _unsupported(f"head is {type(head).__name__}, expected Linear or Identity")
@@ -138,6 +192,14 @@ def _base_config(model: nn.Module, family: str, source: str) -> HookedViTConfig:
     pcfg = getattr(model, "pretrained_cfg", {}) or {}
     img_size = tuple(pe.img_size)
     n_classes = head.out_features if isinstance(head, nn.Linear) else 0
+    n_channels = proj.in_channels
+    mean = tuple(pcfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(pcfg.get("std", (0.229, 0.224, 0.225)))
+    if len(mean) != n_channels:  # in_chans differs from the pretrained config's: average its channels
+        mean = (sum(mean) / len(mean),) * n_channels
+    if len(std) != n_channels:
+        std = (sum(std) / len(std),) * n_channels
+    pooling = "token_dist" if distilled else pool
     return HookedViTConfig(
         n_layers=len(model.blocks),
         d_model=model.embed_dim,
@@ -147,21 +209,23 @@ def _base_config(model: nn.Module, family: str, source: str) -> HookedViTConfig:
         image_size=img_size,
         patch_size=tuple(proj.kernel_size),
         n_classes=n_classes,
-        n_channels=proj.in_channels,
+        n_channels=n_channels,
         class_token=model.cls_token is not None,
         n_register_tokens=int(getattr(model, "num_reg_tokens", 0) or 0),
         distilled=distilled,
         pos_embed_on_prefix=not model.no_embed_class,
-        pooling="token_dist" if distilled else model.global_pool,
+        pooling=pooling,
+        pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)) and pooling not in ("token", "token_dist"),
         pre_norm=norms["norm_pre"] is not None,
         final_norm=norms["norm"] is not None,
         pooled_norm=norms["fc_norm"] is not None,
         layer_scale=_is(block0.ls1, "LayerScale"),
         qkv_bias=block0.attn.qkv.bias is not None,
+        proj_bias=block0.attn.proj.bias is not None,
         act_fn=_activation(block0.mlp.act),
         eps=eps,
-        image_mean=tuple(pcfg.get("mean", (0.485, 0.456, 0.406))),
-        image_std=tuple(pcfg.get("std", (0.229, 0.224, 0.225))),
+        image_mean=mean,
+        image_std=std,
         family=family,
         source=source,
     )
@@ -238,11 +302,18 @@ def _build(model: nn.Module, cfg: HookedViTConfig, class_names: Any) -> HookedVi
 
 
 # ------------------------------------------------------------------------------ family converters
+def _family_mismatch(family: str, what: str) -> UnsupportedModelError:
+    return _unsupported(
+        f"{what}, so it is not a {family!r} family model: leave family unset to detect the family "
+        "from the model's structure, or pass another family="
+    )
+
+
 def convert_vit(model: nn.Module, source: str = "", class_names: Any = None) -> HookedViT:
-    """Original/augreg ViT: no layer scale, one CLS token."""
+    """ViT (original, augreg, and timm's ViT variants with registers, layer scale or no CLS token)."""
     cfg = _base_config(model, "vit", source)
-    if cfg.layer_scale or cfg.distilled or cfg.n_register_tokens:
-        raise _unsupported("a 'vit' family model has no layer scale, distillation or register tokens")
+    if cfg.distilled:
+        raise _family_mismatch("vit", "the model has a distillation token")
     return _build(model, cfg, class_names)
 
 
@@ -251,6 +322,11 @@ def convert_deit(model: nn.Module, source: str = "", class_names: Any = None) ->
     cfg = _base_config(model, "deit", source)
     if cfg.distilled and not hasattr(model, "head_dist"):
         raise _unsupported("distilled DeiT without head_dist")
+    if cfg.distilled and cfg.pooled_norm:
+        raise _unsupported(
+            "a distilled DeiT with a pooled norm is not supported (timm option fc_norm, "
+            "or global_pool='avg', which turns it on)"
+        )
     return _build(model, cfg, class_names)
 
 
@@ -258,7 +334,7 @@ def convert_deit3(model: nn.Module, source: str = "", class_names: Any = None) -
     """DeiT III: layer scale, position embedding on patch tokens only."""
     cfg = _base_config(model, "deit3", source)
     if not cfg.layer_scale:
-        raise _unsupported("a DeiT III model is expected to have layer scale (ls1/ls2)")
+        raise _family_mismatch("deit3", "the model has no layer scale (timm option init_values)")
     return _build(model, cfg, class_names)
 
 
@@ -266,7 +342,7 @@ def convert_dinov2(model: nn.Module, source: str = "", class_names: Any = None) 
     """DINOv2 with or without registers; runs at the size the timm model was created for."""
     cfg = _base_config(model, "dinov2", source)
     if not cfg.layer_scale:
-        raise _unsupported("a DINOv2 model is expected to have layer scale (ls1/ls2)")
+        raise _family_mismatch("dinov2", "the model has no layer scale (timm option init_values)")
     return _build(model, cfg, class_names)
 
 
@@ -274,7 +350,7 @@ def convert_clip(model: nn.Module, source: str = "", class_names: Any = None) ->
     """CLIP image tower: pre-norm; the head (if any) is the classifier or the image projection."""
     cfg = _base_config(model, "clip", source)
     if not cfg.pre_norm:
-        raise _unsupported("a CLIP image tower is expected to have a pre-norm (norm_pre LayerNorm)")
+        raise _family_mismatch("clip", "the model has no pre-norm (timm option pre_norm=True)")
     return _build(model, cfg, class_names)
 
 
@@ -336,6 +412,13 @@ def from_timm(
     if isinstance(model_or_name, str):
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         name = model_or_name
+        checkpoint = timm_kwargs.get("checkpoint_path")
+        if checkpoint is not None and not os.path.isfile(checkpoint):
+            what = "is a folder, not a checkpoint file" if os.path.isdir(checkpoint) else "does not exist"
+            raise FileNotFoundError(
+                f"checkpoint_path={str(checkpoint)!r} {what}: give the path of a timm checkpoint "
+                "(.safetensors, .pth, ...)"
+            )
         try:
             model = timm.create_model(name, **timm_kwargs)
         except RuntimeError as err:

@@ -32,13 +32,19 @@ class Attention(nn.Module):
     """Self-attention over all tokens (no mask), with per-head hook points."""
 
     def __init__(
-        self, d_model: int, n_heads: int, d_head: int, qkv_bias: bool = True, layer_scale: bool = False
+        self,
+        d_model: int,
+        n_heads: int,
+        d_head: int,
+        qkv_bias: bool = True,
+        layer_scale: bool = False,
+        proj_bias: bool = True,
     ):
         super().__init__()
         self.n_heads, self.d_head = n_heads, d_head
         self.scale = d_head**-0.5
         self.qkv = nn.Linear(d_model, 3 * n_heads * d_head, bias=qkv_bias)
-        self.proj = nn.Linear(n_heads * d_head, d_model)
+        self.proj = nn.Linear(n_heads * d_head, d_model, bias=proj_bias)
         self.layer_scale = nn.Parameter(torch.ones(d_model)) if layer_scale else None
         self.use_attn_result = False
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
@@ -109,6 +115,6 @@ class Attention(nn.Module):
 
     @property
     def b_O(self) -> Float[Tensor, "d_model"]:
-        """Output bias, layer scale included."""
-        b = self.proj.bias
+        """Output bias, layer scale included (zeros when the projection has no bias)."""
+        b = self.proj.bias if self.proj.bias is not None else self.proj.weight.new_zeros(self.proj.out_features)
         return b if self.layer_scale is None else b * self.layer_scale

@@ -34,12 +34,15 @@ class TransformerBlock(nn.Module):
         eps: float = 1e-6,
         qkv_bias: bool = True,
         layer_scale: bool = False,
+        proj_bias: bool = True,
     ):
         super().__init__()
         self.ln1 = LayerNorm(d_model, eps)
-        self.attn = Attention(d_model, n_heads, d_head, qkv_bias=qkv_bias, layer_scale=layer_scale)
+        self.attn = Attention(
+            d_model, n_heads, d_head, qkv_bias=qkv_bias, layer_scale=layer_scale, proj_bias=proj_bias
+        )
         self.ln2 = LayerNorm(d_model, eps)
-        self.mlp = MLP(d_model, d_mlp, act_fn=act_fn, layer_scale=layer_scale)
+        self.mlp = MLP(d_model, d_mlp, act_fn=act_fn, layer_scale=layer_scale, bias=proj_bias)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]

@@ -34,7 +34,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+import contextlib
+import threading
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from jaxtyping import Float
@@ -73,7 +75,8 @@ class HookedViT(HookedRootModule):
         self.ln_pre = LayerNorm(d, cfg.eps) if cfg.pre_norm else None
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                d, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.act_fn, cfg.eps, cfg.qkv_bias, cfg.layer_scale
+                d, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.act_fn, cfg.eps, cfg.qkv_bias, cfg.layer_scale,
+                proj_bias=cfg.proj_bias,
             )
             for _ in range(cfg.n_layers)
         )
@@ -88,8 +91,37 @@ class HookedViT(HookedRootModule):
         if self.class_names is not None and len(self.class_names) != cfg.n_classes:
             raise ValueError(f"{len(self.class_names)} class names for {cfg.n_classes} classes")
         self.grid = PatchGrid(cfg.grid_size, cfg.patch_size, cfg.n_prefix_tokens)  # type: ignore[arg-type]
+        self._lock = threading.RLock()
         self.eval()
         self.setup()
+
+    # ------------------------------------------------------------------------------ thread safety
+    @property
+    def lock(self) -> threading.RLock:
+        """The model's re-entrant lock: held by every run that registers hooks or swaps weights.
+
+        Hooks are state on the model's hook points, so two threads patching one model at once would
+        see each other's hooks. ``forward``, ``hooks()`` (and so ``run_with_hooks`` /
+        ``run_with_cache``), `caap` and the sweeps hold this lock for their whole run: concurrent
+        calls on one model are serialised, never mixed. Hold it yourself (``with model.lock:``) around
+        ``add_hook`` ... ``reset_hooks`` sequences that must not interleave with other threads.
+        """
+        return self._lock
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())  # a copy: the live model keeps its lock
+        state.pop("_lock", None)  # locks cannot be pickled or deep-copied; a copy gets its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def hooks(self, *args: Any, **kwargs: Any) -> Iterator["HookedViT"]:  # type: ignore[override]
+        """TransformerLens's ``hooks()`` context manager, holding the model's `lock` throughout."""
+        with self._lock, super().hooks(*args, **kwargs) as hooked:
+            yield hooked
 
     # ----------------------------------------------------------------------------------- loading
     @classmethod
@@ -202,16 +234,23 @@ class HookedViT(HookedRootModule):
         return resid if self.ln_final is None else self.ln_final(resid)
 
     def _pool(self, normed: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
-        if self.cfg.pooling == "avg":
-            pooled = normed[:, self.cfg.n_prefix_tokens :].mean(dim=1)
-        else:
+        kind = self.cfg.pooling
+        if kind in ("token", "token_dist"):
             pooled = normed[:, 0]
+        else:  # reduce over the patch tokens (and the prefix tokens with pool_include_prefix), as timm
+            tokens = normed if self.cfg.pool_include_prefix else normed[:, self.cfg.n_prefix_tokens :]
+            if kind == "avg":
+                pooled = tokens.mean(dim=1)
+            elif kind == "max":
+                pooled = tokens.amax(dim=1)
+            else:  # "avgmax"
+                pooled = 0.5 * (tokens.amax(dim=1) + tokens.mean(dim=1))
         pooled = self.hook_pooled(pooled)
         return pooled if self.ln_pooled is None else self.ln_pooled(pooled)
 
     def readout_tokens(self) -> int | None:
         """How many leading tokens the output reads from the last block (None: all of them)."""
-        if self.cfg.pooling == "avg":
+        if self.cfg.pooling not in ("token", "token_dist"):
             return None
         return 2 if self.cfg.pooling == "token_dist" else 1
 
@@ -268,6 +307,12 @@ class HookedViT(HookedRootModule):
             ``[batch, n_classes]`` logits, ``[batch, d_model]`` pooled features, or
             ``[batch, pos, d_model]`` when ``stop_at_layer`` is given.
         """
+        with self._lock:  # another thread's hooks or bf16 weights must never be seen mid-run
+            return self._forward(images, start_at_layer, stop_at_layer, return_type)
+
+    def _forward(
+        self, images: Tensor, start_at_layer: int | None, stop_at_layer: int | None, return_type: ReturnType
+    ) -> Tensor:
         start = self._layer_index(start_at_layer, "start_at_layer", 0)
         stop = self._layer_index(stop_at_layer, "stop_at_layer", self.cfg.n_layers)
         if start > stop:

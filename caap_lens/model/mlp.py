@@ -34,13 +34,15 @@ ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu,
 class MLP(nn.Module):
     """Two linear maps around a non-linearity."""
 
-    def __init__(self, d_model: int, d_mlp: int, act_fn: str = "gelu", layer_scale: bool = False):
+    def __init__(
+        self, d_model: int, d_mlp: int, act_fn: str = "gelu", layer_scale: bool = False, bias: bool = True
+    ):
         super().__init__()
         if act_fn not in ACTIVATIONS:
             raise ValueError(f"act_fn must be one of {sorted(ACTIVATIONS)}, got {act_fn!r}")
         self.act = ACTIVATIONS[act_fn]
-        self.fc1 = nn.Linear(d_model, d_mlp)
-        self.fc2 = nn.Linear(d_mlp, d_model)
+        self.fc1 = nn.Linear(d_model, d_mlp, bias=bias)
+        self.fc2 = nn.Linear(d_mlp, d_model, bias=bias)
         self.layer_scale = nn.Parameter(torch.ones(d_model)) if layer_scale else None
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
@@ -57,7 +59,7 @@ class MLP(nn.Module):
 
     @property
     def b_in(self) -> Float[Tensor, "d_mlp"]:
-        return self.fc1.bias
+        return self.fc1.bias if self.fc1.bias is not None else self.fc1.weight.new_zeros(self.fc1.out_features)
 
     @property
     def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
@@ -66,5 +68,5 @@ class MLP(nn.Module):
 
     @property
     def b_out(self) -> Float[Tensor, "d_model"]:
-        b = self.fc2.bias
+        b = self.fc2.bias if self.fc2.bias is not None else self.fc2.weight.new_zeros(self.fc2.out_features)
         return b if self.layer_scale is None else b * self.layer_scale
