@@ -93,6 +93,23 @@ def embedding_similarity(embeddings: Float[Tensor, "n_targets d_out"]) -> Score:
     return similarity
 
 
+def self_similarity(source_output: Float[Tensor, "batch d_out"]) -> Score:
+    """A score for headless backbones: cosine similarity to each image's *own* output embedding.
+
+    Use it with ``target=torch.arange(batch)`` (image ``i``'s rows compare with ``source_output[i]``):
+    a patch scores high when patching it alone restores the image's embedding. This is how caap_lens
+    explains a backbone with no classifier (DINOv2), and the same score serves deletion/insertion.
+
+    Example:
+        >>> out = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+        >>> self_similarity(out)(out, torch.arange(2)).tolist()
+        [1.0, 1.0]
+    """
+    fn = embedding_similarity(source_output.detach())
+    fn.__name__ = "self_similarity"
+    return fn
+
+
 SCORES: dict[str, Score] = {"logit": logit, "prob": prob, "sigmoid": sigmoid, "log_prob": log_prob, "margin": margin}
 
 

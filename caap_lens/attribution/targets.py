@@ -63,6 +63,12 @@ def resolve_targets(
     batch, n_out = source_output.shape
     limit = n_out if check_range else None
     if isinstance(target, str) and target == "predicted":
+        if getattr(getattr(model, "cfg", None), "n_classes", None) == 0 and check_range:
+            raise ValueError(
+                f"target='predicted' needs class scores, but the model is headless (its output is a {n_out}-d "
+                "embedding): score by similarity instead, e.g. score=self_similarity(model(images)) with "
+                "target=torch.arange(batch) (caap_lens.attribution.scores), or embedding_similarity(text_embeddings)"
+            )
         return source_output.argmax(dim=-1).cpu()
     if isinstance(target, (str, numbers.Integral)) or (isinstance(target, Tensor) and target.ndim == 0):
         return torch.full((batch,), _one(model, target if not isinstance(target, Tensor) else target.item(), limit))

