@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     ex.set_defaults(func=explain)
+    from caap_lens.evaluation.cli import add_parser as add_evaluate  # `caap-lens evaluate` (its own module)
+
+    add_evaluate(sub)
     return parser
 
 

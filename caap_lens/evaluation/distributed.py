@@ -43,6 +43,17 @@ class Distributed:
     local_rank: int = 0
     owns_group: bool = False
     backend: str | None = None
+    manual: bool = False  # a slice given by hand (independent jobs, e.g. a SLURM array): no process group
+
+    @classmethod
+    def by_hand(cls, rank: int, world: int) -> Distributed:
+        """Rank ``rank`` of ``world`` independent jobs, without torch.distributed."""
+        shard(0, rank, world)  # checks the pair
+        return cls(rank, world, manual=True)
+
+    @property
+    def grouped(self) -> bool:
+        return self.world > 1 and not self.manual
 
     @classmethod
     def setup(cls, backend: str | None = None, device: Any = None) -> Distributed:
@@ -66,14 +77,14 @@ class Distributed:
         return cls(rank, world, local, True, backend)
 
     def barrier(self) -> None:
-        if self.world > 1:
+        if self.grouped:
             import torch.distributed as dist
 
             dist.barrier()
 
     def broadcast_error(self, message: str | None) -> str | None:
         """Rank 0's error message (or None) on every rank, so all ranks stop together."""
-        if self.world <= 1:
+        if not self.grouped:
             return message
         import torch.distributed as dist
 
@@ -82,7 +93,7 @@ class Distributed:
         return box[0]
 
     def gather(self, obj: Any) -> list[Any]:
-        if self.world <= 1:
+        if not self.grouped:
             return [obj]
         import torch.distributed as dist
 

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from caap_lens.evaluation.distributed import Distributed, chunked, shard
+from caap_lens.evaluation.distributed import Distributed, chunked
+from caap_lens.evaluation.distributed import shard as shard_range
 from caap_lens.evaluation.metrics import METRICS, UnitBatch, score_units
 from caap_lens.evaluation.plan import Plan
 from caap_lens.evaluation.sources import Item, fingerprint
@@ -281,6 +282,7 @@ def evaluate(
     backend: str | None = None,
     log: Callable[[str], None] | None = None,
     after_chunk: Callable[[int], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> RunSummary:
     """Runs ``plan`` over ``source`` with ``model`` into the store at ``store_dir``; see the module docstring.
 
@@ -297,6 +299,8 @@ def evaluate(
         backend: torch.distributed backend (default ``nccl`` on CUDA, else ``gloo``).
         log: Where the summary lines go (default stderr).
         after_chunk: Called with the number of chunks computed so far (tests use it to kill a run).
+        shard: ``(rank, world)`` to run one slice as an independent job (no process group, e.g. a SLURM
+            array); every job may create the store; merge (`merge`) once all have finished.
 
     Returns:
         This rank's `RunSummary`.
@@ -309,7 +313,8 @@ def evaluate(
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     plan.validate()
     plan_hash = plan.hash()
-    dist = Distributed.setup(backend=backend, device=getattr(model, "device", None))
+    dist = (Distributed.by_hand(*shard) if shard is not None
+            else Distributed.setup(backend=backend, device=getattr(model, "device", None)))
     store = Store(store_dir)
     summary = RunSummary(rank=dist.rank, world=dist.world)
     try:
@@ -318,14 +323,14 @@ def evaluate(
                                "fingerprint": fingerprint(source)},
                     "model": model_fingerprint(model)}
         error = None
-        if dist.rank == 0:
+        if dist.rank == 0 or dist.manual:
             try:
                 if not resume and store.part_files():
                     raise StoreError(f"store {store.path} already has results and resume is off: "
                                      "use a new directory")
                 store.create_or_check(manifest, create=True)
                 report = store.scan(plan_hash)
-                if report.corrupt:
+                if report.corrupt and dist.rank == 0:
                     for name, why in report.corrupt.items():
                         log(f"store: part {name} is corrupt ({why}); moved to corrupt/, its items are redone")
                     store.quarantine(list(report.corrupt))
@@ -335,7 +340,7 @@ def evaluate(
         if error is not None:
             kind, _, message = error.partition(": ")
             raise (PlanMismatch if kind == "PlanMismatch" else StoreError)(message)
-        if dist.rank != 0:
+        if dist.rank != 0 and not dist.manual:
             store.create_or_check(manifest, create=False)
         store.remove_own_temporaries(dist.rank)
         report = store.scan(plan_hash)
@@ -345,7 +350,7 @@ def evaluate(
 
         indices = plan.item_indices(len(source))
         chunks = chunked(indices, plan.chunk)
-        mine = [chunks[c] for c in shard(len(chunks), dist.rank, dist.world)]
+        mine = [chunks[c] for c in shard_range(len(chunks), dist.rank, dist.world)]
         summary.chunks = len(mine)
         bar = _progress(len(mine), dist.rank, progress)
         ids_of = source.ids() if hasattr(source, "ids") else None
