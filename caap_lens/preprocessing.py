@@ -1,7 +1,9 @@
 """Turning user images into model input with the model's own size, mean and std.
 
 Accepts PIL images, numpy arrays (``HW``, ``HWC`` or ``NHWC``; uint8 in 0..255 or floats in 0..1) and
-torch tensors (``CHW`` or ``NCHW``; uint8 or floats in 0..1), alone or in a list. Grayscale is repeated
+torch tensors (``CHW`` or ``NCHW``; uint8 or floats in 0..1), alone or in a list. Float pixels far outside
+0..1 (beyond [-0.5, 1.5]: 0..255 floats, or an already normalised tensor) and NaN/inf values raise
+ValueError rather than being used silently. Grayscale is repeated
 to RGB and an alpha channel dropped; images of another size are resized (bilinear, antialiased) to the
 model's ``image_size``. The result is a float32 ``[batch, channel, height, width]`` tensor normalised
 with the model's ``image_mean``/``image_std``.
@@ -16,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,6 +26,77 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+
+
+class UnnormalisedInputWarning(UserWarning):
+    """A float batch passed as normalised model input looks like 0..1 pixels (shown once per process)."""
+
+
+_warned_unnormalised = False
+_PIXEL_SLACK = 0.5  # float pixels this far outside 0..1 (overshoot, synthetic tests) are used as given
+
+
+def check_finite(images: Tensor, what: str = "image") -> None:
+    """Raises ValueError naming the first images that hold NaN or ±inf values.
+
+    Example:
+        >>> check_finite(torch.tensor([[[[0.0]]], [[[float("nan")]]]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: image 1 of the batch contains NaN or infinite values (1 of 1 values); ...
+    """
+    if images.numel() == 0 or bool(torch.isfinite(images).all()):
+        return
+    bad_values = ~torch.isfinite(images.reshape(images.shape[0], -1))
+    bad = bad_values.any(dim=1).nonzero().flatten().tolist()
+    first = bad[0]
+    listed = ", ".join(str(i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    who = f"{what} {listed} of the batch contains" if len(bad) == 1 else f"{what}s {listed} of the batch contain"
+    raise ValueError(
+        f"{who} NaN or infinite values ({int(bad_values[first].sum())} of {bad_values.shape[1]} values"
+        f"{' in ' + what + ' ' + str(first) if len(bad) > 1 else ''}); the map would be NaN: fix or drop "
+        "those images (e.g. torch.nan_to_num)"
+    )
+
+
+def warn_if_unnormalised(images: Tensor) -> None:
+    """Warns once per process when a float batch taken as normalised input has every value in [0, 1].
+
+    Normalised input (``(pixel - mean) / std``) is negative wherever a pixel is darker than the
+    mean, so a batch with no negative value is almost surely 0..1 pixels that skipped
+    ``model.preprocess``. The input is still used as given (the convention of timm and Captum).
+    An all-zero batch (the mean-colour image) does not warn.
+    """
+    global _warned_unnormalised
+    if _warned_unnormalised or images.numel() == 0:
+        return
+    low, high = float(images.min()), float(images.max())
+    if low >= 0.0 and high <= 1.0 and high > 0.0:
+        _warned_unnormalised = True
+        warnings.warn(
+            "the images look un-normalised: every value is within [0, 1], as 0..1 pixels are. Tensors are "
+            "taken as normalised model input ((pixel - mean) / std, as in timm and Captum); if these are "
+            "pixels, pass model.preprocess(images) instead. Shown once; silence it with warnings."
+            "filterwarnings('ignore', category=caap_lens.preprocessing.UnnormalisedInputWarning)",
+            UnnormalisedInputWarning,
+            stacklevel=3,
+        )
+
+
+def _check_pixel_range(tensor: Tensor, kind: str) -> None:
+    if tensor.numel() == 0:
+        return
+    low, high = float(tensor.min()), float(tensor.max())
+    if low >= -_PIXEL_SLACK and high <= 1.0 + _PIXEL_SLACK:
+        return
+    if low >= 0.0 and high <= 255.0:
+        hint = "they look like 0..255 pixels: divide by 255, or pass them as uint8"
+    elif low < 0.0:
+        hint = ("they look already normalised: pass the tensor straight to caap/the model "
+                "(preprocess is for raw pixels)")
+    else:
+        hint = "scale them to 0..1, or pass uint8 0..255 pixels"
+    raise ValueError(f"float {kind} images must hold pixels in 0..1, got values in [{low:.4g}, {high:.4g}]; {hint}")
 
 
 def _to_nchw(image: Any) -> Tensor:
@@ -54,9 +128,12 @@ def _to_nchw(image: Any) -> Tensor:
         )
     if tensor.dtype == torch.uint8:
         return tensor.float() / 255.0
-    if not tensor.is_floating_point():
+    if tensor.dtype == torch.bool or not tensor.is_floating_point():
         raise TypeError(f"images must be uint8 (0..255) or float (0..1), got {tensor.dtype}")
-    return tensor.float()
+    tensor = tensor.float()
+    check_finite(tensor)
+    _check_pixel_range(tensor, "numpy" if isinstance(image, np.ndarray) else "tensor")
+    return tensor
 
 
 def _fix_channels(x: Tensor, n_channels: int) -> Tensor:
@@ -96,8 +173,13 @@ def preprocess(
         raise ValueError("no images given")
     n_channels = len(mean)
     batches = []
-    for item in items:
-        x = _fix_channels(_to_nchw(item), n_channels)
+    for index, item in enumerate(items):
+        try:
+            x = _fix_channels(_to_nchw(item), n_channels)
+        except (TypeError, ValueError) as err:
+            if len(items) == 1:
+                raise
+            raise type(err)(f"image {index} of the list: {err}") from None
         if tuple(x.shape[-2:]) != tuple(image_size):
             if not resize:
                 raise ValueError(

@@ -28,6 +28,7 @@ from caap_lens.attribution.engine import caap, check_window, patched_scores
 from caap_lens.attribution.result import CAAPResult
 from caap_lens.attribution.runner import Window
 from caap_lens.attribution.scores import ScoreLike, score_name
+from caap_lens.attribution.units import check_heads
 
 
 @dataclass
@@ -97,7 +98,7 @@ def window_sweep(
             raise ValueError(f"windows must be 'all' or a list of (start, stop) pairs, got {windows!r}")
         windows = all_windows(model.cfg.n_layers)
     windows = [check_window(model, w) for w in windows]  # clear errors; (start, stop) tuples for map_for
-    if kwargs.get("heads") not in (None, False):
+    if check_heads(kwargs.get("heads"), model.cfg.n_heads) is not None:
         kwargs.setdefault("hook", "z")
     maps, info = patched_scores(model, images, target, windows, scores=[score], **kwargs)
     name = score_name(score)
@@ -151,7 +152,7 @@ def score_sweep(
     from caap_lens.attribution.engine import default_window
 
     window = check_window(model, layers if layers is not None else default_window(model.cfg.n_layers))
-    if kwargs.get("heads") not in (None, False):
+    if check_heads(kwargs.get("heads"), model.cfg.n_heads) is not None:
         kwargs.setdefault("hook", "z")  # as in `caap`: per-head maps patch attn.hook_z
     maps, info = patched_scores(model, images, target, [window], scores=scores, **kwargs)
     return {

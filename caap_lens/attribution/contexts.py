@@ -148,6 +148,11 @@ class GivenImageContext(ImageContext):
     name = "given image"
 
     def __init__(self, image: Tensor):
+        if not image.is_floating_point():
+            raise TypeError(
+                f"a context image tensor must be a normalised float image like the model input, got "
+                f"dtype {image.dtype} (pixels?); pass model.preprocess(context_image) instead"
+            )
         self.context = image if image.ndim == 4 else image.unsqueeze(0)
 
     def image(self, model: Any, images: Images) -> Images:

@@ -33,11 +33,12 @@ from torch import Tensor
 
 from caap_lens.attribution.contexts import resolve_context
 from caap_lens.attribution.result import CAAPResult
-from caap_lens.attribution.runner import Window, finish, lowered_blocks, run_patched, source_run
+from caap_lens.attribution.runner import Window, finish, lowered_blocks, model_lock, run_patched, source_run
 from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes
 from caap_lens.attribution.targets import TargetLike, resolve_targets
-from caap_lens.attribution.units import Units, head_units, patch_units, region_units
+from caap_lens.attribution.units import Units, check_heads, head_units, patch_units, region_units
 from caap_lens.patching import patchable_hook_name, resolve_hook
+from caap_lens.preprocessing import check_finite, warn_if_unnormalised
 
 
 def default_window(n_layers: int) -> Window:
@@ -50,25 +51,74 @@ def check_window(model: Any, layers: Any) -> Window:
     """Validates a ``(start, stop)`` window against the model's depth."""
     n = model.cfg.n_layers
     try:
+        if isinstance(layers, (str, bytes)) or any(isinstance(v, bool) for v in layers):
+            raise TypeError  # True is not layer 1
         start, stop = (operator.index(v) for v in layers)  # ints only: 1.5 is not silently 1
     except (TypeError, ValueError):
-        raise ValueError(f"layers must be a (start, stop) pair of ints, got {layers!r}") from None
+        raise ValueError(
+            f"layers must be a (start, stop) pair of ints, got {layers!r}; e.g. layers=(2, 4)"
+        ) from None
     if not 0 <= start < stop <= n:
         raise ValueError(f"window ({start}, {stop}) must satisfy 0 <= start < stop <= n_layers={n}")
     return (start, stop)
 
 
 def prepare_images(model: Any, images: Any) -> Tensor:
-    """A checked, normalised batch: tensors are checked, anything else goes through ``preprocess``."""
+    """A checked, normalised batch: tensors are checked, anything else goes through ``preprocess``.
+
+    Raises:
+        ValueError: an empty batch, or an image holding NaN or ±inf (the error names its index).
+
+    A float tensor is taken as normalised input; one whose values all lie in [0, 1] (which
+    normalised images almost never do) is used as given, with a one-time
+    `caap_lens.preprocessing.UnnormalisedInputWarning`.
+    """
     if isinstance(images, Tensor) and images.is_floating_point():
-        return model.check_images(images)
-    return model.preprocess(images)
+        x = model.check_images(images)
+        check_finite(x)
+        warn_if_unnormalised(x)
+    else:
+        x = model.preprocess(images)
+    if x.shape[0] == 0:
+        raise ValueError(
+            f"images is an empty batch {tuple(x.shape)}: there is nothing to attribute; pass at least one image"
+        )
+    return x
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` as a positive int (not a bool, float or string)."""
+    try:
+        if isinstance(batch_size, bool):
+            raise TypeError
+        value = operator.index(batch_size)
+    except TypeError:
+        raise ValueError(
+            f"batch_size must be a positive int (patched runs per forward pass), got {batch_size!r}"
+        ) from None
+    if value < 1:
+        raise ValueError(f"batch_size must be >= 1, got {value} (patched runs per forward pass)")
+    return value
+
+
+def _score_values(fn: Any, name: str, output: Tensor, targets: Tensor) -> Tensor:
+    """One score per row from ``fn(output, targets)``, or a clear error about what it returned."""
+    values = fn(output, targets)
+    rows = output.shape[0]
+    if not isinstance(values, Tensor) or values.numel() != rows or (values.ndim > 1 and values.shape[0] != rows):
+        got = f"shape {tuple(values.shape)}" if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(
+            f"score {name!r} returned {got} for {rows} rows; a score maps (output [rows, n_out], "
+            f"target [rows]) to one value per row [rows] (do not reduce over rows, e.g. with .sum())"
+        )
+    return values.reshape(rows).float()
 
 
 def build_units(model: Any, batch: int, region: Tensor | None, heads: Any) -> Units:
     """Patches (default) or regions, optionally split per head."""
     units = patch_units(model.grid) if region is None else region_units(model.grid, region, batch)
-    if heads is None or heads is False:
+    heads = check_heads(heads, model.cfg.n_heads)
+    if heads is None:
         return units
     return head_units(units, model.cfg.n_heads, None if heads is True else heads)
 
@@ -116,14 +166,40 @@ def patched_scores(
         ``(maps, info)``: ``maps[score_name]`` of shape ``[n_windows, batch, *unit_shape]``, and
         ``info`` with targets, source/context scores per window, settings and timing.
     """
+    with model_lock(model):  # hooks and bf16 weights are model state: one run at a time per model
+        return _patched_scores(
+            model, images, target, windows, context=context, hook=hook, scores=scores, relative=relative,
+            units=units, region=region, heads=heads, batch_size=batch_size, dtype=dtype, progress=progress,
+            fwd_hooks=fwd_hooks,
+        )
+
+
+def _patched_scores(
+    model: Any,
+    images: Any,
+    target: TargetLike,
+    windows: Sequence[Window],
+    *,
+    context: Any,
+    hook: str,
+    scores: Sequence[ScoreLike],
+    relative: bool,
+    units: Units | None,
+    region: Tensor | None,
+    heads: Any,
+    batch_size: Any,
+    dtype: torch.dtype | None,
+    progress: bool,
+    fwd_hooks: Sequence[tuple[Any, Any]],
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     t0 = time.perf_counter()
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = check_batch_size(batch_size)
     windows = [check_window(model, w) for w in windows]
     if not windows:
         raise ValueError("no windows given")
     hook = resolve_hook(hook)
-    if heads not in (None, False) and hook != "z":
+    heads = check_heads(heads, model.cfg.n_heads)
+    if heads is not None and hook != "z":
         raise ValueError(f"per-head maps patch attn.hook_z; got hook={hook!r} (use hook='z' or leave it unset)")
     score_fns = {score_name(s): resolve_score(s) for s in scores}
     if len(score_fns) != len(scores):  # maps are keyed by score name: a repeated name would be lost
@@ -155,12 +231,12 @@ def patched_scores(
     row_targets = targets.view(1, batch, 1).expand(n_w, batch, n_u).reshape(-1)
     maps, source_scores, context_scores = {}, {}, {}
     for name, fn in score_fns.items():
-        values = fn(out.reshape(n_w * batch * n_u, -1), row_targets).reshape(n_w, batch, n_u)
-        ctx_scores = torch.stack([fn(ctx_out[start], targets) for start, _ in windows])  # [n_windows, batch]
+        values = _score_values(fn, name, out.reshape(n_w * batch * n_u, -1), row_targets).reshape(n_w, batch, n_u)
+        ctx_scores = torch.stack([_score_values(fn, name, ctx_out[start], targets) for start, _ in windows])
         if relative:
             values = values - ctx_scores[:, :, None]
         maps[name] = values.reshape(n_w, batch, *units.shape)
-        source_scores[name] = fn(source_out, targets)
+        source_scores[name] = _score_values(fn, name, source_out, targets)
         context_scores[name] = ctx_scores
     block_evals = sum(
         batch * n_u * (model.cfg.n_layers - start) + batch * n_u * sum(model.cfg.n_layers - s for s in stops[:-1])
@@ -174,7 +250,7 @@ def patched_scores(
             "hook": hook,
             "context": getattr(ctx, "name", type(ctx).__name__),
             "relative": relative,
-            "heads": heads if heads not in (None, False) else None,
+            "heads": heads,
             "region": tuple(region.shape) if region is not None else None,
             "batch_size": batch_size,
             "dtype": str(dtype) if dtype is not None else str(model.dtype),
@@ -248,8 +324,9 @@ def caap(
         >>> result.top_patches(3)  # doctest: +SKIP
     """
     window = check_window(model, layers if layers is not None else default_window(model.cfg.n_layers))
-    hook = hook if hook is not None else ("z" if heads not in (None, False) else "resid_pre")
-    if per_layer and heads in (None, False):
+    heads = check_heads(heads, model.cfg.n_heads)
+    hook = hook if hook is not None else ("z" if heads is not None else "resid_pre")
+    if per_layer and heads is None:
         raise ValueError("per_layer=True needs heads=True (or a list of heads)")
     windows = [(layer, layer + 1) for layer in range(*window)] if per_layer else [window]
     maps, info = patched_scores(

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,17 @@ class CAAPResult:
     def recovered(self) -> Float[Tensor, "batch *units"]:
         """The effect as a fraction of the source-minus-context gap (1 = the full source score)."""
         gap = self._per_image(self.source_score) - self._per_image(self.context_score)
-        return self.effect / gap
+        equal = gap == 0
+        if bool(equal.any()):
+            images = sorted({int(i) for i in equal.nonzero()[:, 0]})
+            warnings.warn(
+                f"recovered is undefined (NaN) for image(s) {images}: the source and the context score "
+                "the same, so there is no gap to recover; use result.effect there",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        effect = self.effect
+        return torch.where(equal, torch.full_like(effect, float("nan")), effect / gap.where(~equal, 1.0))
 
     def to_pixels(self, mode: str = "nearest") -> Float[Tensor, "*lead height width"]:
         """The patch map upsampled to the model's input pixels (patch maps only)."""
@@ -73,6 +84,11 @@ class CAAPResult:
         """The ``k`` highest-scoring patches of one image: index, row, column, value."""
         if self.map.ndim != 3:
             raise ValueError("top_patches needs a [batch, gh, gw] patch map")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int (how many patches), got {k!r}")
+        n_images = self.map.shape[0]
+        if isinstance(image, bool) or not isinstance(image, int) or not -n_images <= image < n_images:
+            raise ValueError(f"image must be an index into the batch of {n_images}, got {image!r}")
         flat = self.map[image].flatten()
         values, index = flat.topk(min(k, flat.numel()))
         return [

@@ -38,6 +38,12 @@ from caap_lens.patching import patch_from_source, patchable_hook_name
 Window = tuple[int, int]
 
 
+def model_lock(model: Any) -> Any:
+    """The model's re-entrant lock (`HookedViT.lock`), or a no-op for models without one."""
+    lock = getattr(model, "lock", None)
+    return lock if lock is not None else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def lowered_blocks(model: Any, dtype: torch.dtype | None) -> Iterator[None]:
     """Runs the transformer blocks with ``dtype`` weights, restoring the originals exactly afterwards.
@@ -52,15 +58,16 @@ def lowered_blocks(model: Any, dtype: torch.dtype | None) -> Iterator[None]:
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be None, torch.bfloat16 or torch.float16, got {dtype}")
     saved = []
-    try:
-        with torch.no_grad():
-            for param in model.blocks.parameters():
-                saved.append((param, param.data))
-                param.data = param.data.to(dtype)
-        yield
-    finally:
-        for param, data in saved:
-            param.data = data
+    with model_lock(model):  # the swap must not be seen by another thread's run
+        try:
+            with torch.no_grad():
+                for param in model.blocks.parameters():
+                    saved.append((param, param.data))
+                    param.data = param.data.to(dtype)
+            yield
+        finally:
+            for param, data in saved:
+                param.data = data
 
 
 def run_blocks(model: Any, resid: Tensor, start: int, stop: int) -> Tensor:

@@ -1,7 +1,13 @@
 """Targets: which class each image's attribution is for.
 
 ``target`` may be ``"predicted"`` (the source's top class), a class index, a class name (when the
-model has ``class_names``), or a sequence/tensor with one of those per image.
+model has ``class_names``), or a sequence/tensor with one of those per image. A float equal to an
+integer (``2.0``, or a float tensor of labels) is that index; ``True``/``False``, ``None`` and
+non-integer floats are errors, never silently class 1, 0 or a truncated index.
+
+A headless model (``n_classes=0``) outputs its pooled feature, not class logits: targets of the
+built-in scores would index feature channels, so they are refused; score such a model by similarity
+(`caap_lens.attribution.scores`) or with your own callable.
 
 Example:
     >>> resolve_targets(model, "predicted", source_output)  # doctest: +SKIP
@@ -21,7 +27,12 @@ from torch import Tensor
 TargetLike = Union[str, int, Sequence[Union[int, str]], Tensor]
 
 
+_TARGET_HINT = "a class index (int), a class name, 'predicted', or one of those per image"
+
+
 def _one(model: Any, target: Any, n_out: int | None) -> int:
+    if isinstance(target, (bool, type(None))) or type(target).__name__ == "bool_":
+        raise ValueError(f"target {target!r} is not a class: give {_TARGET_HINT}")
     if isinstance(target, str):
         names = getattr(model, "class_names", None)
         if not names:
@@ -32,12 +43,14 @@ def _one(model: Any, target: Any, n_out: int | None) -> int:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"unknown class name {target!r}{hint}")
         return lowered.index(target.lower())
-    if isinstance(target, float) and target.is_integer():
-        target = int(target)  # a float tensor of labels
+    if isinstance(target, numbers.Real) and not isinstance(target, numbers.Integral):
+        if not float(target).is_integer():  # a float such as 2.7 is not silently 2
+            raise ValueError(f"target {target!r} is not a class index (not a whole number): give {_TARGET_HINT}")
+        target = int(target)  # 2.0, or a float tensor of labels
     try:
-        index = operator.index(target)  # ints (numpy's too); a float such as 2.7 is not silently 2
+        index = operator.index(target)  # ints (numpy's too)
     except TypeError:
-        raise ValueError(f"target {target!r} is not a class index (int), a class name or 'predicted'") from None
+        raise ValueError(f"target {target!r} is not a class index, name or 'predicted': give {_TARGET_HINT}") from None
     if n_out is not None and not 0 <= index < n_out:
         raise ValueError(f"target {index} is out of range for {n_out} classes")
     return index
@@ -70,9 +83,25 @@ def resolve_targets(
                 "target=torch.arange(batch) (caap_lens.attribution.scores), or embedding_similarity(text_embeddings)"
             )
         return source_output.argmax(dim=-1).cpu()
-    if isinstance(target, (str, numbers.Integral)) or (isinstance(target, Tensor) and target.ndim == 0):
+    if getattr(getattr(model, "cfg", None), "n_classes", None) == 0 and check_range:
+        raise ValueError(
+            f"the model is headless (n_classes=0): its output is the {n_out}-dim pooled feature, not class "
+            f"logits, so target {target!r} would pick a feature channel, not a class; score by similarity "
+            "(score=embedding_similarity(text_embeddings) or self_similarity, caap_lens.attribution.scores) "
+            "or load the model with a head (num_classes=N)"
+        )
+    if isinstance(target, Tensor) and target.dtype == torch.bool:
+        raise ValueError(f"target is a bool tensor, not class indices: give {_TARGET_HINT}")
+    if (
+        isinstance(target, (str, numbers.Number, type(None)))
+        or type(target).__name__ == "bool_"
+        or (isinstance(target, Tensor) and target.ndim == 0)
+    ):
         return torch.full((batch,), _one(model, target if not isinstance(target, Tensor) else target.item(), limit))
-    items = target.tolist() if isinstance(target, Tensor) else list(target)
+    try:
+        items = target.tolist() if isinstance(target, Tensor) else list(target)
+    except TypeError:
+        raise ValueError(f"target {target!r} is not a class index, name or 'predicted': give {_TARGET_HINT}") from None
     if len(items) != batch:
         raise ValueError(f"got {len(items)} targets for {batch} images: give one per image")
     return torch.tensor([_one(model, t, limit) for t in items], dtype=torch.long)

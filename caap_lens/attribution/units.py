@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -66,11 +67,49 @@ def region_units(grid: PatchGrid, region: Tensor, batch: int) -> Units:
     return Units(grid.token_mask(region.cpu()), (region.shape[1],))
 
 
+def check_heads(heads: Any, n_heads: int) -> bool | list[int] | None:
+    """``heads`` checked: None (no per-head maps), True (every head) or a list of distinct head indices.
+
+    Raises:
+        ValueError: a single int (write ``[2]``), a non-integer or bool index, a repeat, or an index
+            outside ``[0, n_heads)``.
+    """
+    if heads is None or heads is False:
+        return None
+    if heads is True:
+        return True
+    if isinstance(heads, Tensor):
+        heads = heads.tolist() if heads.ndim else [heads.item()]
+    hint = f"heads must be indices in [0, {n_heads}): True for all heads, or a list of distinct ints"
+    if isinstance(heads, (str, bytes)) or not isinstance(heads, Sequence):
+        try:
+            one = operator.index(heads)
+        except TypeError:
+            raise ValueError(f"{hint}, got {heads!r}") from None
+        raise ValueError(f"{hint}, got the single value {heads!r}: write heads=[{one}]")
+    chosen = []
+    for h in heads:
+        try:
+            if isinstance(h, bool):
+                raise TypeError
+            chosen.append(operator.index(h))  # 1.7 is not silently head 1
+        except TypeError:
+            raise ValueError(f"{hint}; {h!r} in {list(heads)!r} is not an int") from None
+    if not chosen:
+        raise ValueError(f"{hint}, got an empty list")
+    if len(set(chosen)) != len(chosen):
+        repeated = sorted({h for h in chosen if chosen.count(h) > 1})
+        raise ValueError(f"{hint}; {repeated} repeated in {chosen} (each head would give the same map twice)")
+    outside = [h for h in chosen if not 0 <= h < n_heads]
+    if outside:
+        raise ValueError(f"{hint}; {outside} outside the range")
+    return chosen
+
+
 def head_units(units: Units, n_heads: int, heads: Sequence[int] | None = None) -> Units:
     """Each unit split per head: head ``h`` of the unit's tokens (patched at ``attn.hook_z``)."""
-    chosen = list(range(n_heads)) if heads is None else [int(h) for h in heads]
-    if not chosen or any(not 0 <= h < n_heads for h in chosen):
-        raise ValueError(f"heads must be indices in [0, {n_heads}), got {heads!r}")
+    checked = check_heads(True if heads is None else heads, n_heads)
+    chosen = list(range(n_heads)) if checked is True else list(checked or [])
     onehot = torch.zeros(len(chosen), n_heads, dtype=torch.bool)
     onehot[torch.arange(len(chosen)), torch.tensor(chosen)] = True
     tok = units.masks  # [lead, n_units, pos]
