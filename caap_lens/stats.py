@@ -4,7 +4,9 @@
   ``scipy.stats.rankdata(method="average")``). Used by `mask_auroc` (Mann–Whitney U) and `spearman`.
 * `spearman` — Spearman's rho per row: Pearson correlation of the average ranks.
 * `mean_ci` — the mean of per-image values with a confidence interval, by Student's t (default) or a
-  seeded percentile bootstrap, for "method A: 0.41 [0.37, 0.45]" rows of a comparison table.
+  seeded percentile bootstrap, for "method A: 0.41 [0.37, 0.45] (n=40)" rows of a comparison table.
+  It returns a `MeanCI`: a ``(mean, lo, hi)`` tuple that also says how many values it used
+  (``n``) and how many NaN it left out (``n_dropped``) — a value is never dropped uncounted.
 
 No SciPy: the t quantile is found by bisection on the t CDF, itself integrated numerically
 (Simpson's rule), accurate to ~1e-9 for any degrees of freedom >= 1.
@@ -15,6 +17,9 @@ Example:
     >>> mean, lo, hi = mean_ci(torch.tensor([0.2, 0.4, 0.6]))
     >>> round(mean, 3), round(lo, 3), round(hi, 3)
     (0.4, -0.097, 0.897)
+    >>> result = mean_ci([0.2, 0.4, float("nan")])
+    >>> result.n, result.n_dropped
+    (2, 1)
 """
 
 from __future__ import annotations
@@ -125,16 +130,66 @@ def t_quantile(p: float, df: float) -> float:
     return (lo + hi) / 2
 
 
+class MeanCI(tuple):
+    """``(mean, lo, hi)`` of `mean_ci`, with the counts behind it.
+
+    Unpacks and compares like the plain 3-tuple earlier versions returned; also has the attributes
+    ``mean``, ``lo``, ``hi``, ``n`` (values used) and ``n_dropped`` (NaN values left out), and
+    `format` for a table cell.
+
+    Example:
+        >>> r = MeanCI(0.5, 0.4, 0.6, n=10, n_dropped=2)
+        >>> r.format(2), tuple(r)
+        ('0.50 [0.40, 0.60] (n=10, 2 NaN dropped)', (0.5, 0.4, 0.6))
+    """
+
+    n: int
+    n_dropped: int
+
+    def __new__(cls, mean: float, lo: float, hi: float, *, n: int, n_dropped: int = 0) -> "MeanCI":
+        obj = super().__new__(cls, (mean, lo, hi))
+        obj.n, obj.n_dropped = int(n), int(n_dropped)
+        return obj
+
+    def __getnewargs_ex__(self) -> tuple[tuple, dict]:  # pickling and copying keep the counts
+        return tuple(self), {"n": self.n, "n_dropped": self.n_dropped}
+
+    @property
+    def mean(self) -> float:
+        return self[0]
+
+    @property
+    def lo(self) -> float:
+        return self[1]
+
+    @property
+    def hi(self) -> float:
+        return self[2]
+
+    def as_dict(self) -> dict[str, float | int]:
+        """``{"mean", "lo", "hi", "n", "n_dropped"}``."""
+        return {"mean": self[0], "lo": self[1], "hi": self[2], "n": self.n, "n_dropped": self.n_dropped}
+
+    def format(self, digits: int = 3) -> str:
+        """``"mean [lo, hi] (n=N)"``, with ``", K NaN dropped"`` when K > 0."""
+        dropped = f", {self.n_dropped} NaN dropped" if self.n_dropped else ""
+        return f"{self[0]:.{digits}f} [{self[1]:.{digits}f}, {self[2]:.{digits}f}] (n={self.n}{dropped})"
+
+    def __repr__(self) -> str:
+        return f"MeanCI(mean={self[0]!r}, lo={self[1]!r}, hi={self[2]!r}, n={self.n}, n_dropped={self.n_dropped})"
+
+
 def mean_ci(
     values: Any,
     level: float = 0.95,
     method: Literal["t", "bootstrap"] = "t",
     n_boot: int = 10_000,
     seed: int = 0,
-) -> tuple[float, float, float]:
-    """Mean of per-image values and a two-sided confidence interval: ``(mean, lo, hi)``.
+) -> MeanCI:
+    """Mean of per-image values and a two-sided confidence interval: ``(mean, lo, hi)``, counted.
 
-    NaN values (e.g. images whose mask is empty) are dropped first.
+    NaN values (e.g. images whose mask is empty) are left out first, and counted: the result is a
+    `MeanCI`, a ``(mean, lo, hi)`` tuple with ``.n`` (values used) and ``.n_dropped`` (NaN left out).
 
     * ``"t"`` — ``mean ± t_{(1+level)/2, n-1} · sd / sqrt(n)`` (sd with ``n - 1``).
     * ``"bootstrap"`` — percentile interval of ``n_boot`` resampled means (seeded, reproducible).
@@ -156,20 +211,22 @@ def mean_ci(
         2.5
     """
     x = torch.as_tensor(values, dtype=torch.float64).flatten().cpu()
+    n_all = x.numel()
     x = x[~torch.isnan(x)]
     if x.numel() == 0:
-        raise ValueError("mean_ci needs at least one value that is not NaN")
+        raise ValueError(f"mean_ci needs at least one value that is not NaN (got {n_all}, all NaN)")
+    dropped = n_all - x.numel()
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     n, mean = x.numel(), float(x.mean())
     if method == "t":
         if n < 2:
-            return mean, float("nan"), float("nan")
+            return MeanCI(mean, float("nan"), float("nan"), n=n, n_dropped=dropped)
         half = t_quantile((1 + level) / 2, n - 1) * float(x.std(unbiased=True)) / math.sqrt(n)
-        return mean, mean - half, mean + half
+        return MeanCI(mean, mean - half, mean + half, n=n, n_dropped=dropped)
     if method == "bootstrap":
         gen = torch.Generator().manual_seed(seed)
         means = x[torch.randint(n, (n_boot, n), generator=gen)].mean(dim=1)
         lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
-        return mean, float(lo), float(hi)
+        return MeanCI(mean, float(lo), float(hi), n=n, n_dropped=dropped)
     raise ValueError(f"method must be 't' or 'bootstrap', got {method!r}")

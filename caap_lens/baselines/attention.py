@@ -1,27 +1,44 @@
-"""Attention-based attributions: raw attention, attention rollout and Transformer Attribution.
+"""Attention-based attributions: raw attention, rollout, attention Grad-CAM, gradient-weighted attention.
 
-All three read ``blocks.{l}.attn.hook_pattern`` ``[batch, head, query, key]`` through forward hooks
+All of them read ``blocks.{l}.attn.hook_pattern`` ``[batch, head, query, key]`` through forward hooks
 (attaching them switches the model from fused SDPA to explicit attention for that run only) and
-report the *readout row* over the patch tokens:
+report the **readout rows** over the patch tokens: the rows of the tokens the model's pooling reads,
+from the one description the model gives of it, `HookedViTConfig.readout_rows`:
 
-* the row of token 0 (the CLS token; for distilled models the CLS, not the distillation token)
-  when the model has prefix tokens;
-* the mean over all query rows for models without any prefix token (their output is a mean over
-  patch tokens).
+* CLS pooling (``pooling="token"``): the CLS row;
+* a distilled DeiT (``"token_dist"``): the mean of the CLS and distillation rows (its two heads are
+  averaged);
+* pooling over tokens (``"avg"``, ``"max"``, ``"avgmax"``): the mean over the patch-query rows (and
+  the prefix rows with ``pool_include_prefix``).
 
-Methods:
+Reading the CLS row of a model that pools the mean of its patch tokens would read a token the output
+never uses (its gradient is exactly 0): that was a defect of earlier versions, which read row 0
+whenever a prefix token existed.
 
-* `raw_attention` — one layer's pattern (default the last), heads reduced by mean (default) or max.
+Methods (each cites its paper and says where it departs from the reference code):
+
+* `raw_attention` — one layer's attention from the readout rows (Chefer et al. 2021's "raw
+  attention" baseline reads the last layer, heads averaged).
 * `rollout` — Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers": with
   ``Â_l = rownorm(0.5 * mean_heads(A_l) + 0.5 * I)`` (the residual connection as an identity),
-  ``R = Â_{L-1} ... Â_{start}``; the map is R's readout row.
-* `transformer_attribution` — Chefer, Gur & Wolf (2021), "Generic Attention-model Explainability for
-  Interpreting Bi-Modal and Encoder-Decoder Transformers" (ICCV): gradient-weighted attention,
-  ``Ā_l = mean_heads((∇A_l ⊙ A_l)^+)`` with ∇ the gradient of the target's score, ``R = I``,
-  ``R ← R + Ā_l R`` for every layer in order; the map is R's readout row.
+  ``R = Â_{L-1} ... Â_{start}``; the map is R's readout rows. ``start_layer`` is an option: 0 (every
+  block, Abnar & Zuidema and Chefer et al.'s perturbation tests) by default; Chefer et al.'s
+  segmentation tests use 1.
+* `attention_gradcam` — the "GradCAM" baseline of Chefer, Gur & Wolf (2021), "Transformer
+  Interpretability Beyond Attention Visualization" (CVPR): the last layer's attention from the
+  readout rows, each head weighted by the mean over patch keys of the gradient of the target's score
+  on those rows, heads averaged, then ReLU.
+* `gradient_weighted_attention` — Chefer, Gur & Wolf (2021), "Generic Attention-model
+  Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers" (ICCV): gradient-weighted
+  attention ``Ā_l = mean_heads((∇A_l ⊙ A_l)^+)`` with ∇ the gradient of the target's score,
+  ``R = I``, ``R ← R + Ā_l R`` for every layer in order; the map is R's readout rows. This is *not*
+  their CVPR 2021 LRP-based "Transformer Attribution" (which propagates LRP relevance instead of the
+  attention itself); the old name ``transformer_attribution`` still works, with a
+  DeprecationWarning.
 
-Raw attention and rollout are class-agnostic (the targets are not used); Transformer Attribution
-is class-specific.
+Raw attention and rollout are class-agnostic (the targets are not used); the other two are
+class-specific. Where the reference code (Chefer's ``ViT_explanation_generator``) indexes row 0 and a
+hard-coded 14 x 14 grid, these use the readout rows and the model's `PatchGrid`, batched.
 
 Example:
     >>> patch_map, _ = rollout(model, images, targets)  # doctest: +SKIP
@@ -31,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import operator
+import warnings
 from typing import Any
 
 import torch
@@ -83,11 +101,15 @@ def reduce_heads(pattern: Pattern, heads: str | int) -> Float[Tensor, "batch que
     raise ValueError(f"heads must be 'mean', 'max' or a head index, got {heads!r}")
 
 
+def readout_rows(model: Any) -> list[int]:
+    """The query rows the model's output reads (`HookedViTConfig.readout_rows`)."""
+    return list(model.cfg.readout_rows)
+
+
 def readout_row(model: Any, matrix: Float[Tensor, "batch query key"]) -> Float[Tensor, "batch grid_h grid_w"]:
-    """The readout query's row over the patch tokens, on the model's grid (see the module docstring)."""
-    n_prefix = model.grid.n_prefix_tokens
-    row = matrix[:, 0] if n_prefix > 0 else matrix.mean(dim=1)
-    return model.grid.to_grid(row[:, n_prefix:])
+    """The mean of the readout rows (`readout_rows`) over the patch tokens, on the model's grid."""
+    row = matrix[:, readout_rows(model)].mean(dim=1)
+    return model.grid.to_grid(row[:, model.grid.n_prefix_tokens :])
 
 
 def attention_patterns(model: Any, images: Images, layers: list[int]) -> dict[int, Pattern]:
@@ -157,14 +179,34 @@ def rollout(
     return readout_row(model, result), None
 
 
-def transformer_attribution(
+def _patterns_and_grads(
+    model: Any, images: Images, targets: Targets, layers: list[int], score: ScoreLike
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Attention patterns of ``layers`` and the gradient of the summed target scores on them.
+
+    One forward pass, one ``torch.autograd.grad`` (images are independent, so the sum's gradient is
+    each image's own); parameters get no ``.grad``.
+    """
+    names = [pattern_name(layer) for layer in layers]
+    store: dict[str, Tensor] = {}
+    with gradients_enabled(), model.hooks(fwd_hooks=[(name, collect(store)) for name in names]):
+        x = images.detach().clone().requires_grad_(True)  # a graph even if the parameters are frozen
+        total = target_scores(model(x), targets, score).sum()
+        patterns = [store[name] for name in names]
+        grads = grads_of(total, patterns)
+    return [p.detach().float() for p in patterns], [g.detach().float() for g in grads]
+
+
+def gradient_weighted_attention(
     model: Any, images: Images, targets: Targets, *, start_layer: int = 0, score: ScoreLike = "logit"
 ) -> MethodOutput:
-    """Gradient-weighted attention relevance (Chefer et al., 2021, "generic" rule).
+    """Gradient-weighted attention relevance: Chefer, Gur & Wolf (ICCV 2021), the "generic" rule.
 
-    One forward pass keeps every layer's pattern; one ``torch.autograd.grad`` of the summed target
-    scores gives each pattern's gradient (images are independent, so the sum's gradient is each
-    image's own). Parameters get no ``.grad``.
+    ``Ā_l = mean_heads((∂score/∂A_l ⊙ A_l)^+)``, ``R = I``, ``R ← R + Ā_l R`` for ``l = start_layer
+    .. n-1``; the map is R's readout rows (`readout_row`) over the patch tokens. Differs from the
+    reference code (``generate_relevance`` in the ViT notebook of hila-chefer/Transformer-MM-Explainability)
+    only in batching, the readout rows (the reference
+    reads row 0, right for CLS-pooled models only) and the model's own grid.
 
     Args:
         model: A `HookedViT`.
@@ -177,21 +219,59 @@ def transformer_attribution(
         ``(patch_map [batch, grid_h, grid_w], None)``; non-negative.
 
     Example:
-        >>> patch_map, _ = transformer_attribution(model, images, torch.tensor([3, 5]))  # doctest: +SKIP
+        >>> patch_map, _ = gradient_weighted_attention(model, images, torch.tensor([3, 5]))  # doctest: +SKIP
     """
     images, targets = check_inputs(model, images, targets)
     start = layer_index(model, start_layer, "start_layer")
-    layers = list(range(start, model.cfg.n_layers))
-    names = [pattern_name(layer) for layer in layers]
-    store: dict[str, Tensor] = {}
-    with gradients_enabled(), model.hooks(fwd_hooks=[(name, collect(store)) for name in names]):
-        x = images.detach().clone().requires_grad_(True)  # a graph even if the parameters are frozen
-        total = target_scores(model(x), targets, score).sum()
-        patterns = [store[name] for name in names]
-        grads = grads_of(total, patterns)
+    patterns, grads = _patterns_and_grads(model, images, targets, list(range(start, model.cfg.n_layers)), score)
     n = model.grid.n_tokens
     relevance = torch.eye(n, device=images.device, dtype=torch.float32).repeat(images.shape[0], 1, 1)
     for pattern, grad in zip(patterns, grads):
-        cam = (grad.detach().float() * pattern.detach().float()).clamp(min=0).mean(dim=1)
+        cam = (grad * pattern).clamp(min=0).mean(dim=1)
         relevance = relevance + cam @ relevance
     return readout_row(model, relevance), None
+
+
+def transformer_attribution(model: Any, images: Images, targets: Targets, **options: Any) -> MethodOutput:
+    """Deprecated name of `gradient_weighted_attention` (it is not Chefer et al.'s CVPR 2021 method)."""
+    warnings.warn(
+        "'transformer_attribution' is Chefer et al.'s ICCV 2021 gradient-weighted attention, not their "
+        "CVPR 2021 'Transformer Attribution': use 'gradient_weighted_attention'",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return gradient_weighted_attention(model, images, targets, **options)
+
+
+def attention_gradcam(
+    model: Any, images: Images, targets: Targets, *, layer: int = -1, score: ScoreLike = "logit"
+) -> MethodOutput:
+    """Grad-CAM on one layer's attention: the "GradCAM" baseline of Chefer, Gur & Wolf (CVPR 2021).
+
+    With ``A`` the layer's pattern and ``G = ∂score/∂A`` (both ``[batch, head, query, key]``), ``a_h``
+    the mean of ``A``'s readout rows and ``g_h`` that of ``G``'s, over the patch keys: head weight
+    ``w_h = mean_p g_h[p]``, map ``ReLU(mean_h w_h a_h[p])``. The reference
+    (``Baselines.generate_cam_attn`` in hila-chefer/Transformer-Explainability) does the same on
+    the last layer's CLS row with a 14 x 14 grid and min-max scales the result; here the readout
+    rows, the model's grid, and no scaling.
+
+    Args:
+        model: A `HookedViT`.
+        images: Normalised images ``[batch, C, H, W]``.
+        targets: Class per image ``[batch]``.
+        layer: Block whose attention is used (default the last, as the reference).
+        score: What is differentiated (default the target logit).
+
+    Returns:
+        ``(patch_map [batch, grid_h, grid_w], None)``; non-negative.
+
+    Example:
+        >>> patch_map, _ = attention_gradcam(model, images, torch.tensor([3, 5]))  # doctest: +SKIP
+    """
+    images, targets = check_inputs(model, images, targets)
+    index = layer_index(model, layer)
+    (pattern,), (grad,) = _patterns_and_grads(model, images, targets, [index], score)
+    n_prefix, rows = model.grid.n_prefix_tokens, readout_rows(model)
+    cam = pattern[:, :, rows, n_prefix:].mean(dim=2)  # [batch, head, n_patches]
+    weights = grad[:, :, rows, n_prefix:].mean(dim=2).mean(dim=-1, keepdim=True)  # [batch, head, 1]
+    return model.grid.to_grid((weights * cam).mean(dim=1).clamp(min=0)), None

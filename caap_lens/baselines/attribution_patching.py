@@ -133,8 +133,9 @@ def fidelity(
 
     Returns:
         ``{"spearman": [batch], "pearson": [batch], "spearman_mean": float, "pearson_mean": float,
-        "atp": Attribution, "caap": Attribution, "speedup": caap seconds / AtP seconds}``; means skip
-        images whose correlation is undefined (a constant map).
+        "n_defined": int, "n_undefined": int, "atp": Attribution, "caap": Attribution, "speedup": caap
+        seconds / AtP seconds}``; the means leave out images whose correlation is undefined (a constant
+        map) and ``n_undefined`` counts them.
 
     Example:
         >>> fidelity(model, images, layers=(1, 2))["pearson"]  # doctest: +SKIP
@@ -149,6 +150,8 @@ def fidelity(
         "pearson": r,
         "spearman_mean": float(rho.nanmean()),
         "pearson_mean": float(r.nanmean()),
+        "n_defined": int((~rho.isnan()).sum()),
+        "n_undefined": int(rho.isnan().sum()),
         "atp": atp,
         "caap": exact,
         "speedup": exact.seconds / max(atp.seconds, 1e-12),

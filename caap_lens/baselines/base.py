@@ -2,12 +2,13 @@
 
 Every method — CAAP and the baselines it is compared with — is a plain function with one signature::
 
-    fn(model, images, targets, **options) -> (patch_map, pixel_map | None)
+    fn(model, images, targets, **options) -> (patch_map, pixel_map | None[, info])
 
 ``images`` is a checked, normalised ``[batch, C, H, W]`` batch, ``targets`` one class index per image
 ``[batch]``; ``patch_map`` is ``[batch, grid_h, grid_w]`` on the model's own patch grid (never a guessed
 one) and ``pixel_map`` ``[batch, H, W]`` for methods that work on pixels (integrated gradients, RISE),
-else None. `attribute` resolves images and targets once, times the call and wraps the maps in an
+else None; a method may add a dict ``info`` of per-image diagnostics (integrated gradients' completeness
+error). `attribute` resolves images and targets once, times the call and wraps the maps in an
 `Attribution`; `METHODS` maps names to functions (filled in by ``caap_lens.baselines``).
 
 Conventions shared by all methods:
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
@@ -49,11 +51,17 @@ Images = Float[Tensor, "batch channel height width"]
 Targets = Int[Tensor, " batch"]
 PatchMap = Float[Tensor, "batch grid_h grid_w"]
 PixelMap = Float[Tensor, "batch height width"]
-MethodOutput = tuple[PatchMap, Optional[PixelMap]]
+MethodOutput = tuple[PatchMap, Optional[PixelMap]]  # or (patch_map, pixel_map, info dict)
 Method = Callable[..., MethodOutput]
 
 METHODS: dict[str, Method] = {}
 """Attribution methods by name; every value has the signature ``fn(model, images, targets, **options)``."""
+
+RENAMED: dict[str, str] = {
+    "transformer_attribution": "gradient_weighted_attention",
+    "gradcam": "token_gradcam",
+}
+"""Old method names that still resolve (with a DeprecationWarning) to the method they always were."""
 
 
 @dataclass
@@ -68,6 +76,8 @@ class Attribution:
         grid: The model's patch grid.
         settings: Every option of the call, defaults included.
         seconds: Wall time of target resolution plus the method.
+        info: Per-image diagnostics the method reports (e.g. integrated gradients'
+            ``completeness_error`` ``[batch]``); empty for most methods.
     """
 
     map: PatchMap
@@ -77,6 +87,7 @@ class Attribution:
     grid: PatchGrid
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
 
     def to_pixels(self, mode: str = "nearest") -> PixelMap:
         """The pixel map if the method made one, else the patch map upsampled (``mode`` as `PatchGrid.to_pixels`)."""
@@ -97,6 +108,9 @@ def resolve_method(method: str | Method) -> tuple[str, Method]:
         ValueError: unknown name (the message lists the registered methods).
     """
     if isinstance(method, str):
+        if method in RENAMED and method not in METHODS:
+            warnings.warn(f"attribution method {method!r} is now {RENAMED[method]!r}", DeprecationWarning, stacklevel=3)
+            method = RENAMED[method]
         if method not in METHODS:
             raise ValueError(f"unknown attribution method {method!r}: choose one of {', '.join(sorted(METHODS))}")
         return method, METHODS[method]
@@ -138,8 +152,10 @@ def attribute(
 
     Args:
         method: A name in `METHODS` (``"caap"``, ``"raw_attention"``, ``"rollout"``,
-            ``"transformer_attribution"``, ``"gradcam"``, ``"integrated_gradients"``, ``"occlusion"``,
-            ``"rise"``, ``"attribution_patching"``) or a function with the same signature.
+            ``"attention_gradcam"``, ``"gradient_weighted_attention"``, ``"token_gradcam"``,
+            ``"integrated_gradients"``, ``"occlusion"``, ``"rise"``, ``"attnlrp"``,
+            ``"attribution_patching"``) or a function with the same signature. The old names
+            ``"transformer_attribution"`` and ``"gradcam"`` still work, with a DeprecationWarning.
         model: A `HookedViT`.
         images: Normalised images ``[batch, C, H, W]``, or PIL images/arrays (preprocessed for you).
         target: ``"predicted"``, a class index or name, or one per image.
@@ -164,7 +180,9 @@ def attribute(
     with torch.inference_mode():
         output = model(x)
     targets = resolve_targets(model, target, output, scores_index_classes(settings.get("score", "logit")))
-    patch_map, pixel_map = fn(model, x, targets, **options)
+    output = fn(model, x, targets, **options)
+    patch_map, pixel_map = output[0], output[1]
+    info = dict(output[2]) if len(output) > 2 else {}
     seconds = time.perf_counter() - t0
     patch_map = check_patch_map(model, patch_map, x.shape[0], name)
     if pixel_map is not None:
@@ -181,6 +199,7 @@ def attribute(
         grid=model.grid,
         settings={k: _describe(v) for k, v in settings.items()},
         seconds=seconds,
+        info=info,
     )
 
 

@@ -13,8 +13,11 @@ Protocols:
 * `deletion_curve` (RISE, Petsiuk et al., BMVC 2018) — start from the image and replace the most
   important units first, with the substrate (default ``"mean"``: a zero normalised input, RISE's
   ``torch.zeros_like``). A sharp drop (low AUC) is good.
-* `insertion_curve` (RISE) — start from the substrate (default ``"blur"``, as RISE) and put back the
-  most important units first. A fast rise (high AUC) is good.
+* `insertion_curve` (RISE) — start from the substrate (default ``"rise_blur"``, RISE's blur scaled to
+  the image size: `RiseBlur`) and put back the most important units first. A fast rise (high AUC) is
+  good. RISE blurs 224-px images with an 11 x 11 kernel of σ = 5 px; the same absolute blur on a
+  64-px image would be 3.5 x stronger relative to the image, and CAAP's ``"blur"`` context
+  (σ = 8 px) 5.6 x, so the insertion substrate scales σ and the kernel with the image size.
 
   Both have ``steps + 1`` points: after step ``s`` the first ``k_s = floor(s · n_units / steps)`` units
   of the ranking are replaced (deletion) or kept (insertion); ``x = k_s / n_units`` runs from 0 to 1
@@ -31,6 +34,9 @@ Protocols:
   with the default fractions x spans [0, 0.9], and 100 · auc is Chefer's number. Positive: lower is
   better; negative: higher is better. The negative ranking is exactly the positive one reversed, so
   positive at ``k`` and negative at ``n_units - k`` replace complementary sets.
+
+The curves follow RISE's ``CausalMetric`` (``evaluation.py``) point for point when ``steps`` divides
+the number of units (tested against a direct transcription of it).
 
 Targets are resolved on the unperturbed images (``"predicted"`` = their top class) and kept fixed.
 Every point of every image goes through the model in chunks of ``batch_size`` rows; chunking does
@@ -57,7 +63,7 @@ from torch import Tensor
 from caap_lens.attribution.contexts import ImageContext, resolve_context
 from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes
 from caap_lens.attribution.targets import TargetLike, resolve_targets
-from caap_lens.stats import mean_ci
+from caap_lens.stats import MeanCI, mean_ci
 
 Unit = Literal["patch", "pixel"]
 Mode = Literal["deletion", "insertion", "positive", "negative"]
@@ -83,8 +89,8 @@ class Curve:
     targets: Int[Tensor, " batch"]
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def mean_ci(self, level: float = 0.95, method: Literal["t", "bootstrap"] = "t") -> tuple[float, float, float]:
-        """``(mean, lo, hi)`` of the AUC over images (see `caap_lens.stats.mean_ci`)."""
+    def mean_ci(self, level: float = 0.95, method: Literal["t", "bootstrap"] = "t") -> MeanCI:
+        """``(mean, lo, hi)`` of the AUC over images, with ``n`` and ``n_dropped`` (`caap_lens.stats.mean_ci`)."""
         return mean_ci(self.auc, level=level, method=method)
 
 
@@ -180,13 +186,83 @@ def _compose(model: Any, images: Tensor, substrate: Tensor, replaced: Tensor, un
     return torch.where(pixel_mask[:, None], substrate, images)
 
 
+def rise_kernel(size: int, sigma: float) -> Float[Tensor, "size size"]:
+    """RISE's blur kernel: a centred unit impulse in a ``size x size`` array, Gaussian-filtered.
+
+    As RISE's ``gkern`` (``scipy.ndimage.gaussian_filter`` of the impulse: a Gaussian truncated at
+    4σ, its tails folded back into the array by reflection), so the kernel sums to 1 and is nearly
+    flat when σ exceeds the kernel's size, as RISE's σ = 5 on 11 x 11 is.
+
+    Example:
+        >>> k = rise_kernel(3, 1.0)
+        >>> round(float(k.sum()), 6), tuple(k.shape)
+        (1.0, (3, 3))
+    """
+    if isinstance(size, bool) or int(size) != size or size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be a positive odd int, got {size!r}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    radius = int(4.0 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    weights = weights / weights.sum()
+    centre, period = size // 2, 2 * size
+    one_d = torch.zeros(size, dtype=torch.float64)
+    for i in range(size):
+        positions = (i + offsets.long()) % period
+        positions = torch.where(positions >= size, period - 1 - positions, positions)  # half-sample reflection
+        one_d[i] = weights[positions == centre].sum()
+    return torch.outer(one_d, one_d).float()
+
+
+class RiseBlur(ImageContext):
+    """RISE's insertion substrate, scaled to the image: each channel blurred with `rise_kernel`.
+
+    RISE (Petsiuk et al., BMVC 2018, ``evaluation.py``) blurs the normalised 224-px image with an
+    ``11 x 11`` kernel of σ = 5 px and zero padding. Here both scale with ``s = min(H, W) / 224``:
+    σ = ``5 s`` px and the kernel size ``11 s`` rounded to the nearest odd integer (at least 1; at
+    224 px exactly RISE's). Zero padding in normalised space, as RISE (so the border tends to the
+    dataset-mean colour). ``sigma``/``size`` override the scaled values.
+
+    Example:
+        >>> size, sigma = RiseBlur().settings((64, 64)); size, round(sigma, 4)
+        (3, 1.4286)
+        >>> RiseBlur().settings((224, 224))
+        (11, 5.0)
+    """
+
+    def __init__(self, sigma: float | None = None, size: int | None = None):
+        self.sigma, self.size = sigma, size
+        self.name = "rise_blur" if sigma is None and size is None else f"rise_blur(sigma={sigma}, size={size})"
+
+    def settings(self, image_size: Sequence[int]) -> tuple[int, float]:
+        """``(kernel size, sigma)`` for an image of ``image_size`` = ``(H, W)``."""
+        scale = min(int(image_size[0]), int(image_size[1])) / 224
+        size = self.size if self.size is not None else max(1, 2 * round((11 * scale - 1) / 2) + 1)
+        sigma = self.sigma if self.sigma is not None else 5.0 * scale
+        return int(size), float(sigma)
+
+    def image(self, model: Any, images: Tensor) -> Tensor:
+        size, sigma = self.settings(images.shape[-2:])
+        kernel = rise_kernel(size, sigma).to(images.device, images.dtype)
+        c = images.shape[1]
+        return torch.nn.functional.conv2d(images, kernel.expand(c, 1, size, size), padding=size // 2, groups=c)
+
+
+def _resolve_substrate(substrate: Any) -> Any:
+    if isinstance(substrate, str) and substrate == "rise_blur":
+        return RiseBlur()
+    return resolve_context(substrate)
+
+
 def substrate_images(model: Any, images: Tensor, substrate: Any) -> Float[Tensor, "batch channel height width"]:
     """The substrate, one per image, in the model's normalised space.
 
-    ``substrate`` is a context name (``"black"``, ``"mean"``, ``"blur"``, ``"noise"``), an image tensor
-    ``[C, H, W]`` / ``[1 or batch, C, H, W]``, a callable ``f(model, images)`` or an image context.
+    ``substrate`` is a context name (``"black"``, ``"mean"``, ``"blur"``, ``"noise"``), ``"rise_blur"``
+    (`RiseBlur`), an image tensor ``[C, H, W]`` / ``[1 or batch, C, H, W]``, a callable
+    ``f(model, images)`` or an image context.
     """
-    context = resolve_context(substrate)
+    context = _resolve_substrate(substrate)
     if not isinstance(context, ImageContext):
         raise ValueError(f"substrate must be an image (a name among 'black', 'mean', 'blur', 'noise', a "
                          f"tensor or a callable), not the activation-level context {context.name!r}")
@@ -272,7 +348,7 @@ def _run(
             raise ValueError(f"fractions must be a non-empty list of numbers in [0, 1], got {list(fractions)}")
         counts = torch.tensor([math.floor(v * n_units + 1e-9) for v in f])
     counts = counts.to(images.device)
-    substrate_name = getattr(resolve_context(substrate), "name", "custom")
+    substrate_name = getattr(_resolve_substrate(substrate), "name", "custom")
     with torch.no_grad():
         clean = model(images)
         by_class = score == "accuracy" or scores_index_classes(score)
@@ -342,7 +418,7 @@ def insertion_curve(
     maps: Any,
     targets: TargetLike = "predicted",
     *,
-    substrate: Any = "blur",
+    substrate: Any = "rise_blur",
     steps: int | None = None,
     unit: Unit | None = None,
     score: ScoreLike = "prob",
@@ -352,7 +428,9 @@ def insertion_curve(
 
     ``x`` has ``steps + 1`` points from 0 to 1 (the fraction of units kept from the image), ``y[:, 0]``
     is the score of the pure substrate and ``y[:, -1]`` that of the image. Arguments as
-    `deletion_curve`, except the default substrate ``"blur"`` (RISE blurs the image).
+    `deletion_curve`, except the default substrate ``"rise_blur"`` (RISE blurs the image; `RiseBlur`
+    scales RISE's σ = 5 px / 11 px kernel at 224 px to the image size). Pass ``substrate="blur"`` for
+    CAAP's stronger blur context (σ = 8 px at any size).
 
     Example:
         >>> curve = insertion_curve(model, images, maps, "predicted", steps=16)  # doctest: +SKIP

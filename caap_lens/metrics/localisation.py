@@ -3,8 +3,9 @@
 All metrics are computed on pixels. A patch map ``[batch, gh, gw]`` is first upsampled with the
 grid's nearest-neighbour upsampling (`PatchGrid.to_pixels`: each patch a flat block), so a patch
 map is judged at the resolution it actually has; a pixel map ``[batch, H, W]`` is used as it is.
-Masks are bool ``[batch, H, W]`` (e.g. ``SceneSet.class_mask``). One value per image; an image whose
-mask is empty gets NaN (and so does AUROC for a mask covering the whole image).
+Masks are bool ``[batch, H, W]`` (e.g. ``SceneSet.class_mask``). One value per image, defined for
+every map; the only NaN is an image whose mask is empty (and, for AUROC, a mask covering the whole
+image) — a property of the input, not of the map; `caap_lens.stats.mean_ci` counts them (``n_dropped``).
 
 Protocols:
 
@@ -16,11 +17,24 @@ Protocols:
   uniformly — so a unique maximal pixel scores 0 or 1 and a constant map scores exactly the mask's
   area fraction, the chance level. ``ties="any"`` counts a hit when *any* maximal point is inside
   (Quantus' ``PointingGame``); a constant map then always hits, so it is not at chance.
-* `mask_energy` (the "energy-based pointing game" of Score-CAM, Wang et al., CVPR-W 2020; Quantus'
-  ``AttributionLocalisation``) — the share of the positive attribution mass inside the mask:
-  ``sum(relu(a) * m) / sum(relu(a))``. Negative values are clamped to 0 (they are evidence
-  *against* the class, not mass to be localised). NaN when the map has no positive value. A constant
-  positive map scores the mask's area fraction.
+* `mask_energy` (the "energy-based pointing game" of Score-CAM, Wang et al., CVPR-W 2020) — the
+  share of the map's mass inside the mask, ``sum(w · m) / sum(w)``, with the mass ``w`` of a map
+  ``a`` defined by ``offset``:
+
+  - ``"min"`` (default): ``w = a - min(a)``, measured from the map's own minimum. *Offset-invariant*:
+    a map and the same map plus a constant (e.g. CAAP with and without ``relative=True``) score the
+    same, and every map is defined;
+  - ``"zero"``: ``w = relu(a)``, for maps whose 0 means "no effect" (negative values are evidence
+    against the class, not mass to be localised).
+
+  A map with no mass at all (a constant map under ``"min"``, a map with no positive value under
+  ``"zero"``) makes no claim about where the object is and scores the **chance level** (the mask's
+  area fraction), as a constant positive map does. Earlier versions returned NaN there and dropped
+  those maps from the means (CAAP's mask energy was once averaged over 111 of 495 pairs).
+  *Quantus* (``AttributionLocalisation``, 0.6) computes ``sum(a · m) / (sum(a) + 1e-9)`` on the
+  raw, *signed* values (``abs=True`` by default takes ``|a|`` first; ``positive_attributions=True``
+  clamps like ``"zero"``), NaN when that ratio exceeds 1: the definitions agree on non-negative maps
+  with some mass (tested), and differ on signed maps and on maps without mass.
 * `mask_auroc` — the area under the ROC curve of the map's pixel values used to classify pixels as
   in/out of the mask (Quantus' ``AUC``), computed exactly as the Mann–Whitney U statistic with
   average ranks for ties: ``(R_in - n_in (n_in + 1) / 2) / (n_in n_out)``. Ties count one half, so a
@@ -187,28 +201,44 @@ def pointing_game(
     return _nan_where_empty(hits, masks)
 
 
-def mask_energy(maps: Any, masks: Any, *, grid: Any = None) -> Float[Tensor, " batch"]:
-    """Share of the positive attribution mass inside the mask: ``sum(relu(a) m) / sum(relu(a))``.
+def mask_energy(
+    maps: Any, masks: Any, *, grid: Any = None, offset: Literal["min", "zero"] = "min"
+) -> Float[Tensor, " batch"]:
+    """Share of the map's mass inside the mask, ``sum(w m) / sum(w)`` (see the module docstring).
 
-    Negative attributions are clamped to 0 first. NaN for an empty mask or a map with no positive
-    value.
+    ``offset="min"`` (default) measures mass from the map's minimum (``w = a - min a``,
+    offset-invariant); ``"zero"`` from 0 (``w = relu(a)``). A map without mass scores the mask's area
+    fraction (chance). NaN only for an empty mask.
 
     Args:
         maps: Pixel maps ``[batch, H, W]`` or patch maps ``[batch, gh, gw]`` (with ``grid``).
         masks: Bool ``[batch, H, W]``.
         grid: A `PatchGrid` or a model, for patch maps.
+        offset: ``"min"`` or ``"zero"``.
 
     Example:
-        >>> mask_energy(torch.ones(1, 2, 2), torch.tensor([[[True, False], [False, False]]]))
+        >>> masks = torch.tensor([[[True, False], [False, False]]])
+        >>> mask_energy(torch.tensor([[[3.0, 1.0], [1.0, 1.0]]]), masks)  # all mass above the minimum is inside
+        tensor([1.])
+        >>> mask_energy(torch.tensor([[[3.0, 1.0], [1.0, 1.0]]]), masks, offset="zero")
+        tensor([0.5000])
+        >>> mask_energy(torch.ones(1, 2, 2), masks)  # no mass: chance
         tensor([0.2500])
     """
     maps, masks = pixel_maps(maps, masks, grid)
-    positive = maps.clamp(min=0).flatten(1)
-    total = positive.sum(1)
-    inside = (positive * masks.flatten(1)).sum(1)
-    energy = torch.where(total > 0, inside / total.clamp(min=torch.finfo(total.dtype).tiny),
-                         torch.full_like(total, float("nan")))
-    return _nan_where_empty(energy, masks)
+    flat = maps.flatten(1).double()
+    if offset == "min":
+        mass = flat - flat.min(dim=1, keepdim=True).values
+    elif offset == "zero":
+        mass = flat.clamp(min=0)
+    else:
+        raise ValueError(f"offset must be 'min' or 'zero', got {offset!r}")
+    inside_mask = masks.flatten(1)
+    total = mass.sum(1)
+    inside = (mass * inside_mask).sum(1)
+    chance = inside_mask.double().mean(1)
+    energy = torch.where(total > 0, inside / total.clamp(min=torch.finfo(total.dtype).tiny), chance)
+    return _nan_where_empty(energy.float(), masks)
 
 
 def mask_auroc(maps: Any, masks: Any, *, grid: Any = None) -> Float[Tensor, " batch"]:

@@ -10,26 +10,31 @@ Protocol here:
   ``from_layer .. n_layers - 1`` and, with ``head=True``, its classifier head (and the final and
   pooled norms) are re-initialised as timm initialises a ViT: weight matrices from a truncated normal
   ``N(0, 0.02²)`` cut at ±2σ, biases 0, LayerNorm scales 1 and shifts 0; layer-scale factors keep their
-  values. The embedding (patch projection, position and prefix tokens) is never randomised. Each
-  block draws from its own generator, seeded by ``(seed, 0, layer)`` (the head by ``(seed, 1)``), so a
-  cascade is nested: the randomised block ``l`` is the same at every stage that includes it.
-  ``from_layer = n_layers`` with ``head=True`` randomises the head only; with ``head=False``
-  nothing (an identical copy).
+  values. With ``from_layer="embed"`` the embedding is re-initialised too (patch projection,
+  position embedding, prefix tokens and the pre-norm, as above: matrices and tokens from the truncated
+  normal) — the last stage of the cascade, where nothing of the trained model is left. Each block
+  draws from its own generator, seeded by ``(seed, 0, layer)`` (the head by ``(seed, 1)``, the
+  embedding by ``(seed, 2)``), so a cascade is nested: the randomised block ``l`` is the same at every
+  stage that includes it. ``from_layer = n_layers`` with ``head=True`` randomises the head only; with
+  ``head=False`` nothing (an identical copy).
 * `randomisation_check` runs ``method_fn(model, images, targets) -> maps [batch, ...]`` on the
   original model and on each randomised copy (default cascade ``n_layers, n_layers - 1, ..., 0``),
-  with the targets resolved once on the original model (``"predicted"`` = its top class), and reports
-  per image: Spearman's rank correlation of the maps (``spearman``), of their absolute values
+  with the targets resolved once on the original model (``"predicted"`` = its top class), for one or
+  several ``seeds`` of the random weights, and reports per image and seed: Spearman's rank correlation of the maps (``spearman``), of their absolute values
   (``spearman_abs``, Adebayo's "absolute value" variant), and ``top_overlap``, the fraction of the
   original's top-10 % units (stable ranking, ties by index) that are also in the randomised top-10 %.
-  These are reported numbers, not a verdict. For convenience ``differs`` is True at a stage when the
-  mean Spearman over images is below ``threshold`` (default 0.5; an arbitrary, stated cut).
-  Correlation is NaN for a constant map.
+  These are reported numbers, not a verdict: per stage, the mean Spearman with a 95 % t interval over
+  images (each image's Spearman first averaged over the seeds), and how many values were undefined.
+  For convenience ``differs`` is True at a stage when the mean Spearman is below ``threshold``
+  (default 0.5; an arbitrary, stated cut). Correlation is NaN for a constant map; those NaNs are
+  counted (``n_undefined``), never dropped silently. Adebayo et al. use many images and several
+  seeds; earlier versions here never randomised the embedding and ran on one seed.
 
 Example:
     >>> fn = lambda m, x, t: caap_lens.caap(m, x, t).map  # doctest: +SKIP
     >>> report = randomisation_check(fn, model, images, "predicted")  # doctest: +SKIP
     >>> report["from_layers"], report["mean_spearman"]  # doctest: +SKIP
-    ((4, 3, 2, 1, 0), tensor([0.31, 0.12, 0.05, 0.02, 0.01]))
+    ((4, 3, 2, 1, 0, 'embed'), tensor([0.31, 0.12, 0.05, 0.02, 0.01, 0.01]))
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from caap_lens.attribution.targets import TargetLike, resolve_targets
-from caap_lens.stats import spearman
+from caap_lens.stats import mean_ci, spearman
 
 MethodFn = Callable[[Any, Tensor, Tensor], Tensor]
 INIT_STD = 0.02
@@ -73,12 +78,18 @@ def _reinitialise_(module: nn.Module, gen: torch.Generator) -> None:
             p.copy_(fresh.to(p.device, p.dtype))
 
 
-def randomise_layers(model: Any, from_layer: int, *, seed: int = 0, head: bool = True) -> Any:
+EMBED = "embed"
+"""The cascade stage after block 0: every block and the embedding re-initialised."""
+
+
+def randomise_layers(model: Any, from_layer: int | str, *, seed: int = 0, head: bool = True) -> Any:
     """A copy of ``model`` with blocks ``>= from_layer`` (and the head) re-initialised.
 
     Args:
         model: A `HookedViT`; it is deep-copied and never modified.
-        from_layer: First randomised block, in ``[0, n_layers]`` (``n_layers``: no block).
+        from_layer: First randomised block, in ``[0, n_layers]`` (``n_layers``: no block), or
+            ``"embed"``: every block and the embedding (patch projection, position embedding, prefix
+            tokens, pre-norm).
         seed: Non-negative seed of the new weights (block ``l`` uses ``(seed, 0, l)``, the head ``(seed, 1)``).
         head: Also re-initialise the classifier head and the final/pooled norms.
 
@@ -89,10 +100,13 @@ def randomise_layers(model: Any, from_layer: int, *, seed: int = 0, head: bool =
         >>> random_model = randomise_layers(model, 0, seed=1)  # every block and the head  # doctest: +SKIP
     """
     n = model.cfg.n_layers
+    embed = isinstance(from_layer, str) and from_layer == EMBED
+    if embed:
+        from_layer = 0
     try:
         from_layer = operator.index(from_layer)
     except TypeError:
-        raise TypeError(f"from_layer must be an int in [0, {n}], got {from_layer!r}") from None
+        raise TypeError(f"from_layer must be an int in [0, {n}] or 'embed', got {from_layer!r}") from None
     if not 0 <= from_layer <= n:
         raise ValueError(f"from_layer must be in [0, {n}] for a {n}-layer model, got {from_layer}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -103,6 +117,11 @@ def randomise_layers(model: Any, from_layer: int, *, seed: int = 0, head: bool =
     if head:
         gen = _generator(seed, 1)
         for part in ("ln_final", "ln_pooled", "head", "head_dist"):
+            if getattr(clone, part, None) is not None:
+                _reinitialise_(getattr(clone, part), gen)
+    if embed:
+        gen = _generator(seed, 2)
+        for part in ("embed", "pos_embed", "ln_pre"):
             if getattr(clone, part, None) is not None:
                 _reinitialise_(getattr(clone, part), gen)
     return clone.eval()
@@ -138,8 +157,9 @@ def randomisation_check(
     images: Tensor,
     targets: TargetLike = "predicted",
     *,
-    from_layers: Sequence[int] | None = None,
+    from_layers: Sequence[int | str] | None = None,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     head: bool = True,
     threshold: float = 0.5,
 ) -> dict[str, Any]:
@@ -150,42 +170,70 @@ def randomisation_check(
         model: A `HookedViT` (left unchanged).
         images: Normalised ``[batch, C, H, W]``.
         targets: ``"predicted"``, a class index or name, or one per image; resolved on the original.
-        from_layers: Stages; default ``(n_layers, n_layers - 1, ..., 0)`` (top-down cascade).
-        seed: Seed of the random weights (see `randomise_layers`).
+        from_layers: Stages; default ``(n_layers, n_layers - 1, ..., 0, "embed")`` (top-down cascade,
+            through the embedding).
+        seed: Seed of the random weights (see `randomise_layers`), when ``seeds`` is not given.
+        seeds: Several seeds; every stage is run once per seed.
         head: Randomise the head at every stage.
         threshold: ``differs`` is ``mean_spearman < threshold``.
 
     Returns:
-        A dict: ``from_layers`` (tuple), ``spearman``, ``spearman_abs``, ``top_overlap`` (each
-        ``[n_stages, batch]``), ``mean_spearman`` ``[n_stages]`` (NaN-ignoring mean), ``differs`` (bool
-        ``[n_stages]``), ``threshold``, ``seed``, ``head`` and ``targets`` ``[batch]``.
+        A dict: ``from_layers`` (tuple), ``seeds`` (tuple), ``spearman``, ``spearman_abs``,
+        ``top_overlap`` (each ``[n_stages, n_seeds * batch]``, seed-major: the first ``batch``
+        columns are the first seed's), ``mean_spearman`` ``[n_stages]``, ``ci_spearman``
+        ``[n_stages, 2]`` (95 % t interval over images of their seed-averaged Spearman; NaN with
+        fewer than 2 images), ``n_images`` and ``n_undefined`` ``[n_stages]`` (images with a defined
+        Spearman, and NaN values left out), ``differs`` (bool ``[n_stages]``), ``threshold``,
+        ``seed``, ``head`` and ``targets`` ``[batch]``.
 
     Example:
-        >>> report = randomisation_check(fn, model, images, from_layers=[0])  # doctest: +SKIP
-        >>> bool(report["differs"][0])  # doctest: +SKIP
-        True
+        >>> report = randomisation_check(fn, model, images, from_layers=[0], seeds=[0, 1, 2])  # doctest: +SKIP
+        >>> report["mean_spearman"], report["ci_spearman"]  # doctest: +SKIP
     """
     images = model.check_images(images)
-    stages = tuple(range(model.cfg.n_layers, -1, -1)) if from_layers is None else tuple(from_layers)
+    stages = (*range(model.cfg.n_layers, -1, -1), EMBED) if from_layers is None else tuple(from_layers)
     if not stages:
         raise ValueError("from_layers must name at least one stage")
+    seed_list = (seed,) if seeds is None else tuple(seeds)
+    if not seed_list:
+        raise ValueError("seeds must name at least one seed")
     with torch.no_grad():
         target_idx = resolve_targets(model, targets, model(images))
     batch = images.shape[0]
     original = _flat_maps(method_fn(model, images, target_idx), batch, "original model")
     rows: dict[str, list[Tensor]] = {"spearman": [], "spearman_abs": [], "top_overlap": []}
     for from_layer in stages:
-        random_model = randomise_layers(model, from_layer, seed=seed, head=head)
-        maps = _flat_maps(method_fn(random_model, images, target_idx), batch, f"from_layer={from_layer}")
-        if maps.shape != original.shape:
-            raise ValueError(f"maps of the randomised model {tuple(maps.shape)} differ in shape from the "
-                             f"original's {tuple(original.shape)}")
-        rows["spearman"].append(spearman(original, maps))
-        rows["spearman_abs"].append(spearman(original.abs(), maps.abs()))
-        rows["top_overlap"].append(top_overlap(original, maps))
-        del random_model
+        per_seed: dict[str, list[Tensor]] = {name: [] for name in rows}
+        for s in seed_list:
+            random_model = randomise_layers(model, from_layer, seed=s, head=head)
+            maps = _flat_maps(method_fn(random_model, images, target_idx), batch, f"from_layer={from_layer}")
+            if maps.shape != original.shape:
+                raise ValueError(f"maps of the randomised model {tuple(maps.shape)} differ in shape from the "
+                                 f"original's {tuple(original.shape)}")
+            per_seed["spearman"].append(spearman(original, maps))
+            per_seed["spearman_abs"].append(spearman(original.abs(), maps.abs()))
+            per_seed["top_overlap"].append(top_overlap(original, maps).double())
+            del random_model
+        for name, values in per_seed.items():
+            rows[name].append(torch.cat(values))
     report: dict[str, Any] = {name: torch.stack(values) for name, values in rows.items()}
-    report["mean_spearman"] = report["spearman"].nanmean(dim=1)
+    per_image = report["spearman"].view(len(stages), len(seed_list), batch).nanmean(dim=1)  # [stages, batch]
+    means, cis, n_images = [], [], []
+    for stage_values in per_image:
+        finite = stage_values[~torch.isnan(stage_values)]
+        n_images.append(int(finite.numel()))
+        if finite.numel() == 0:
+            means.append(float("nan"))
+            cis.append((float("nan"), float("nan")))
+            continue
+        m, lo, hi = mean_ci(finite)
+        means.append(m)
+        cis.append((lo, hi))
+    report["mean_spearman"] = torch.tensor(means, dtype=torch.float64)
+    report["ci_spearman"] = torch.tensor(cis, dtype=torch.float64)
+    report["n_images"] = torch.tensor(n_images)
+    report["n_undefined"] = report["spearman"].isnan().sum(dim=1)
     report["differs"] = report["mean_spearman"] < threshold
-    report.update(from_layers=stages, threshold=threshold, seed=seed, head=head, targets=target_idx)
+    report.update(from_layers=stages, seeds=seed_list, threshold=threshold, seed=seed_list[0], head=head,
+                  targets=target_idx)
     return report

@@ -1,0 +1,147 @@
+"""Attention baselines read the rows the model itself reads; methods named for what they are (issue 11).
+
+Defect 1: the attention baselines read the CLS row whenever a prefix token existed, but a model with a
+CLS token that pools the mean of its patch tokens (the bundled model) never uses that row: the
+gradient of its output on it is exactly 0. `HookedViTConfig.readout_rows` is the one description of
+the rows the pooling reads; these tests check it against the model's own gradients and check that
+every attention method reads those rows. Defect 3: the renamed methods and the added attention
+Grad-CAM, each against an independent computation from TransformerLens hooks.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import warnings
+
+import pytest
+import torch
+
+from caap_lens.baselines import attribute, gradcam, transformer_attribution
+from conftest import make_timm
+
+
+@functools.lru_cache(maxsize=None)
+def _build(kind: str):
+    from caap_lens import HookedViT
+
+    if kind == "avg":  # CLS token present, output = mean of the patch tokens (as the bundled model)
+        return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=21, depth=2, img_size=32, num_classes=10,
+                                             global_pool="avg"))
+    if kind == "token":
+        return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=22, depth=2, img_size=32, num_classes=10))
+    if kind == "dist":
+        return HookedViT.from_timm(make_timm("deit_tiny_distilled_patch16_224", seed=23, depth=2, img_size=32,
+                                             num_classes=10))
+    raise KeyError(kind)
+
+
+def get_model(kind: str):
+    model = _build(kind)
+    model.reset_hooks(including_permanent=True)
+    return model
+
+
+def images_for(model, n: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, *model.cfg.image_size, generator=torch.Generator().manual_seed(seed))
+
+
+def pattern_and_grad(model, x, targets, layer):
+    """The layer's pattern and d(sum of target logits)/d(pattern), from TransformerLens backward hooks."""
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    store = {}
+    name = f"blocks.{layer}.attn.hook_pattern"
+    with frozen.hooks(fwd_hooks=[(name, lambda a, hook: store.update(a=a.detach()))],
+                      bwd_hooks=[(name, lambda g, hook: store.update(g=g.detach()))]):
+        logits = frozen(x.clone().requires_grad_(True))
+        logits[torch.arange(x.shape[0]), targets].sum().backward()
+    return store["a"], store["g"]
+
+
+@pytest.mark.parametrize("kind,rows", [("avg", None), ("token", (0,)), ("dist", (0, 1))])
+def test_readout_rows_are_the_rows_the_output_depends_on(kind, rows):
+    model = get_model(kind)
+    expected = tuple(range(1, model.cfg.n_tokens)) if rows is None else rows
+    assert model.cfg.readout_rows == expected
+    # The same set, read off the model: rows of the final residual stream with a nonzero gradient.
+    x = images_for(model, 1, seed=1)
+    store = {}
+    name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    with frozen.hooks(fwd_hooks=[(name, lambda a, hook: store.update(a=a))]):
+        out = frozen(x.requires_grad_(True))
+        (grad,) = torch.autograd.grad(out[0, 3], store["a"])
+    used = tuple(torch.nonzero(grad[0].abs().amax(-1) > 0).flatten().tolist())
+    assert used == expected
+
+
+def test_avg_pooled_models_never_use_the_cls_row_so_attention_methods_do_not_read_it():
+    """Regression (issue 11, defect 1): on a CLS + mean-pooling model the baselines read the CLS row."""
+    model = get_model("avg")
+    x, targets = images_for(model, 2, seed=2), torch.tensor([1, 4])
+    last = model.cfg.n_layers - 1
+    pattern, grad = pattern_and_grad(model, x, targets, last)
+    assert torch.count_nonzero(grad[:, :, 0]) == 0  # the CLS query row: exactly no gradient
+    patch_rows = slice(1, None)
+    # raw attention: the mean over the patch-query rows, heads averaged
+    expected = pattern[:, :, patch_rows, 1:].mean(2).mean(1).reshape(2, 2, 2)
+    got = attribute("raw_attention", model, x, targets).map
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, pattern[:, :, 0, 1:].mean(1).reshape(2, 2, 2), atol=1e-4)  # not the CLS row
+    # attention Grad-CAM from the same rows: nonzero, and equal to the hand computation
+    weights = grad[:, :, patch_rows, 1:].mean(2).mean(-1, keepdim=True)
+    cam = (weights * pattern[:, :, patch_rows, 1:].mean(2)).mean(1).clamp(min=0).reshape(2, 2, 2)
+    assert torch.allclose(attribute("attention_gradcam", model, x, targets).map, cam, atol=1e-6, rtol=1e-4)
+    # gradient-weighted attention: the relevance matrix's patch-query rows
+    relevance = torch.eye(model.cfg.n_tokens).repeat(2, 1, 1)
+    for layer in range(model.cfg.n_layers):
+        a, g = pattern_and_grad(model, x, targets, layer)
+        relevance = relevance + (g * a).clamp(min=0).mean(1) @ relevance
+    expected = relevance[:, patch_rows, 1:].mean(1).reshape(2, 2, 2)
+    got = attribute("gradient_weighted_attention", model, x, targets).map
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4)
+    assert got.abs().max() > 0
+
+
+def test_attention_gradcam_is_chefers_recipe_on_cls_models():
+    model = get_model("token")
+    x, targets = images_for(model, 2, seed=3), torch.tensor([2, 7])
+    pattern, grad = pattern_and_grad(model, x, targets, model.cfg.n_layers - 1)
+    cam = pattern[:, :, 0, 1:]  # [batch, head, patches]: the CLS row, as Chefer et al.'s code
+    weights = grad[:, :, 0, 1:].mean(-1, keepdim=True)
+    expected = (cam * weights).mean(1).clamp(min=0).reshape(2, 2, 2)
+    got = attribute("attention_gradcam", model, x, targets).map
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4)
+    other = attribute("attention_gradcam", model, x, targets, layer=0).map
+    assert not torch.allclose(other, got)
+
+
+def test_old_names_still_work_with_a_deprecation_warning():
+    model = get_model("token")
+    x, targets = images_for(model, 2, seed=4), [1, 2]
+    with pytest.warns(DeprecationWarning, match="gradient_weighted_attention"):
+        old = attribute("transformer_attribution", model, x, targets)
+    assert torch.equal(old.map, attribute("gradient_weighted_attention", model, x, targets).map)
+    assert old.method == "gradient_weighted_attention"
+    with pytest.warns(DeprecationWarning, match="token_gradcam"):
+        old = attribute("gradcam", model, x, targets)
+    assert torch.equal(old.map, attribute("token_gradcam", model, x, targets).map)
+    with pytest.warns(DeprecationWarning):
+        gradcam(model, x, torch.tensor(targets))
+    with pytest.warns(DeprecationWarning):
+        transformer_attribution(model, x, torch.tensor(targets))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attribute("token_gradcam", model, x, targets)  # the new names do not warn
+
+
+def test_rollout_start_layer_one_as_chefer_evaluates():
+    model = get_model("token")
+    x = images_for(model, 2, seed=5)
+    _, cache = model.run_with_cache(x)
+    a = cache["pattern", 1].mean(1)
+    eye = torch.eye(a.shape[-1])
+    rolled = (0.5 * a + 0.5 * eye) / (0.5 * a + 0.5 * eye).sum(-1, keepdim=True)
+    got = attribute("rollout", model, x, 0, start_layer=1).map
+    assert torch.allclose(got, rolled[:, 0, 1:].reshape(2, 2, 2), atol=1e-6)
+    assert not torch.allclose(got, attribute("rollout", model, x, 0).map, atol=1e-5)
