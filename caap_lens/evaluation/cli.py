@@ -21,8 +21,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 DEFAULT_STORE = "caap_lens_eval"
-DEFAULT_METHODS = ("caap", "raw_attention", "rollout", "transformer_attribution", "gradcam",
-                   "integrated_gradients", "occlusion", "rise", "attribution_patching", "random")
+
+
+def default_methods() -> list[str]:
+    """Every method in `caap_lens.baselines.METHODS`, then the ``random`` reference row."""
+    from caap_lens.baselines import METHODS
+
+    return [*METHODS, "random"]
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -35,7 +40,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     help=f"results store directory (default: ./{DEFAULT_STORE})")
     p = ev.add_argument_group("plan")
     p.add_argument("--plan", metavar="FILE.toml", help="plan file (TOML)")
-    p.add_argument("--methods", metavar="A,B,...", help=f"method rows (default: {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--methods", metavar="A,B,...", help="method rows (default: every method in caap_lens.baselines.METHODS, then random)")
     p.add_argument("--metrics", metavar="A,B,...", help="metrics (default: the curves and the localisation metrics)")
     p.add_argument("--targets", metavar="POLICY", help="predicted | labelled | all_present (default: all_present)")
     p.add_argument("--split", metavar="SPLIT", help="all | dev | test (default: all)")
@@ -87,7 +92,7 @@ def build_plan(args: argparse.Namespace, bundled: bool) -> Any:
         data = base.to_dict()
         data["methods"] = [{"name": m["name"], "method": m["method"], "options": m["options"]} for m in data["methods"]]
     else:
-        data["methods"] = [{"name": m} for m in DEFAULT_METHODS]
+        data["methods"] = [{"name": m} for m in default_methods()]
         data["score"] = "sigmoid" if bundled else "prob"
     if args.methods is not None:
         data["methods"] = [{"name": m} for m in _split(args.methods)]

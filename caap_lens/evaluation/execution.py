@@ -206,7 +206,20 @@ class _Chunk:
                                true_effects=true_effects, plan=plan)
 
 
-def _row_maps(model: Any, spec: Any, chunk: _Chunk, plan: Plan) -> tuple[Tensor, float]:
+def _options(spec: Any, objects: dict[str, Any] | None) -> dict[str, Any]:
+    """The row's options, with ``"@name"`` string values replaced by ``objects["name"]``."""
+    opts = spec.call_options()
+    for key, value in opts.items():
+        if isinstance(value, str) and value.startswith("@"):
+            if not objects or value[1:] not in objects:
+                raise ValueError(f"method row {spec.name!r}: option {key}={value!r} names no object passed "
+                                 f"to evaluate(objects=...)")
+            opts[key] = objects[value[1:]]
+    return opts
+
+
+def _row_maps(model: Any, spec: Any, chunk: _Chunk, plan: Plan,
+              objects: dict[str, Any] | None = None) -> tuple[Tensor, float]:
     if spec.fn_name == "random":
         t0 = time.perf_counter()
         gh, gw = model.grid.grid_size
@@ -216,18 +229,18 @@ def _row_maps(model: Any, spec: Any, chunk: _Chunk, plan: Plan) -> tuple[Tensor,
         return maps, time.perf_counter() - t0
     from caap_lens.baselines import attribute
 
-    result = attribute(spec.fn_name, model, chunk.images, chunk.targets, **spec.call_options())
+    result = attribute(spec.fn_name, model, chunk.images, chunk.targets, **_options(spec, objects))
     return result.map.float().cpu(), float(result.seconds)
 
 
-def _compute_chunk(model: Any, plan: Plan, chunk: _Chunk, rank: int, plan_hash: str,
-                   summary: RunSummary) -> tuple[dict[str, list], dict[str, np.ndarray]]:
+def _compute_chunk(model: Any, plan: Plan, chunk: _Chunk, rank: int, plan_hash: str, summary: RunSummary,
+                   objects: dict[str, Any] | None = None) -> tuple[dict[str, list], dict[str, np.ndarray]]:
     cols: dict[str, list] = {name: [] for name in _schema(plan).names}
     saved: dict[str, np.ndarray] = {}
     steps = {"deletion": plan.curve_steps or model.grid.n_patches, "insertion": plan.curve_steps or model.grid.n_patches}
     n_steps = max([steps.get(k, 10) for k in plan.metrics if METRICS[k].curve] or [0])
     for spec in plan.methods:
-        maps, seconds = _row_maps(model, spec, chunk, plan)
+        maps, seconds = _row_maps(model, spec, chunk, plan, objects)
         summary.seconds_methods += seconds
         b = chunk.batch
         b.maps, b.curves = maps, {}
@@ -283,6 +296,7 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     after_chunk: Callable[[int], None] | None = None,
     shard: tuple[int, int] | None = None,
+    objects: dict[str, Any] | None = None,
 ) -> RunSummary:
     """Runs ``plan`` over ``source`` with ``model`` into the store at ``store_dir``; see the module docstring.
 
@@ -301,6 +315,9 @@ def evaluate(
         after_chunk: Called with the number of chunks computed so far (tests use it to kill a run).
         shard: ``(rank, world)`` to run one slice as an independent job (no process group, e.g. a SLURM
             array); every job may create the store; merge (`merge`) once all have finished.
+        objects: Values for method options written ``"@name"`` in the plan (objects that are not
+            JSON, e.g. ``MeanActivationContext(reference=images)``); the plan hashes the name, so the
+            caller keeps the object behind a name fixed.
 
     Returns:
         This rank's `RunSummary`.
@@ -367,7 +384,7 @@ def evaluate(
                 bar.update(1)
                 continue
             chunk = _Chunk(model, plan, items, chunk_indices)
-            cols, saved = _compute_chunk(model, plan, chunk, dist.rank, plan_hash, summary) if chunk.n else (
+            cols, saved = _compute_chunk(model, plan, chunk, dist.rank, plan_hash, summary, objects) if chunk.n else (
                 {name: [] for name in _schema(plan).names}, {})
             t0 = time.perf_counter()
             store.write_chunk(dist.rank, cols, _schema(plan), {"plan_hash": plan_hash, "items": ids,
