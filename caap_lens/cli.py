@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 DEFAULT_MODEL = "fashion-scenes-vit"
+REAL_MODEL = "dinov2-s14"  # the real DINOv2-S/14 backbone provisioned by `make real-model` (headless)
+REAL_PHOTO = "chelsea"     # the photo explained when --model dinov2-s14 is given no image (scikit-image's cat)
 DEFAULT_OUT = "caap_lens_report"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 CONTEXTS = ("mean", "black", "blur", "noise", "mean_activation")
@@ -39,6 +41,8 @@ _EXPLAIN_EPILOG = f"""\
 examples:
   caap-lens explain
       the bundled model {DEFAULT_MODEL!r} on a bundled sample scene
+  caap-lens explain --model {REAL_MODEL}
+      the real DINOv2-S/14 backbone (make real-model) on a real photo, scored by self-similarity
   caap-lens explain cat.png dog.jpg --model vit_base_patch16_224.augreg_in21k_ft_in1k --layers 4:8
       a timm model (pretrained weights from the Hugging Face cache or hub)
   caap-lens explain x.png --model finetuned.safetensors --arch vit_small_patch16_224 --target dog
@@ -207,6 +211,11 @@ def load_image(path: str | Path) -> Any:
             image = ImageOps.exif_transpose(im) or im.copy()
     except UnidentifiedImageError:
         raise CLIError(f"cannot read {path}: not an image file Pillow can open (PNG, JPEG, ...)") from None
+    except Image.DecompressionBombError as err:
+        raise CLIError(
+            f"cannot read image {path}: {_one_line(err)} It may be a decompression bomb; if you trust the "
+            "file, downscale it with another tool first"
+        ) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise CLIError(f"cannot read image {path}: {_one_line(err)}") from None
     mode = image.mode
@@ -289,6 +298,9 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
     from caap_lens.model.hooked_vit import HookedViT
 
     spec = args.model
+    if not spec.strip():
+        raise CLIError(f"--model is empty: give a bundled model name (e.g. {DEFAULT_MODEL}), a timm model name "
+                       "or a checkpoint file")
     timm_kwargs = parse_timm_args(args.timm_arg)
     class_names = _class_names_arg(args.class_names)
     path = Path(spec)
@@ -301,6 +313,11 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
                 raise CLIError(f"checkpoint file not found: {spec}")
             if not path.is_file():
                 raise CLIError(f"--model {spec} is a folder, not a checkpoint file")
+            if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+                raise CLIError(
+                    f"--model {spec} is a file but not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}): give "
+                    "a bundled model name, a timm model name, or a timm checkpoint file with --arch"
+                )
             if not args.arch:
                 raise CLIError(f"--model {spec} is a checkpoint file: give its timm architecture with --arch, "
                                "e.g. --arch vit_base_patch16_224")
@@ -312,6 +329,12 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
             kwargs["checkpoint_path"] = str(path)
             model = HookedViT.from_timm(args.arch, class_names=class_names, **kwargs)
             return model, f"{args.arch} from {path.name}", None
+        if spec == REAL_MODEL:
+            if timm_kwargs or args.arch or args.num_classes is not None or class_names is not None:
+                raise CLIError(f"--timm-arg, --arch, --num-classes and --class-names do not apply to {spec!r}")
+            from caap_lens.loading.real_dinov2 import load_real_dinov2
+
+            return load_real_dinov2(), f"{spec} (real DINOv2 weights, headless: self-similarity score)", None
         if spec in bundled:
             if timm_kwargs or args.arch or args.num_classes is not None:
                 raise CLIError(f"--timm-arg, --arch and --num-classes do not apply to the bundled model {spec!r}")
@@ -333,7 +356,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
         return model, f"{spec} (timm{', pretrained' if kwargs.get('pretrained') else ', random weights'})", None
     except CLIError:
         raise
-    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as err:
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError, IndexError, AssertionError) as err:
         raise CLIError(f"cannot load model {spec!r}: {_one_line(err, 400)}{hint}") from err
 
 
@@ -382,8 +405,14 @@ def _device(text: str) -> Any:
         device = torch.device(text)
     except RuntimeError as err:
         raise CLIError(f"--device {text!r}: {_one_line(err)}") from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise CLIError(f"--device {text}: caap-lens runs on a cpu, cuda, mps or xpu device, not {device.type!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {text}: CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {text}: MPS is not available")
+    if device.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise CLIError(f"--device {text}: XPU is not available")
     return device
 
 
@@ -408,6 +437,10 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads must be >= 1, got {args.threads}")
+    if args.num_classes is not None and args.num_classes < 0:
+        raise CLIError(f"--num-classes must be >= 0 (0: a headless backbone), got {args.num_classes}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CLIError(f"--out {args.out} is an existing file, not a folder: give a folder for the reports")
     t_start = time.perf_counter()
     inputs = [(str(p), load_image(p)) for p in args.images]  # fail fast, before loading a model
 
@@ -430,7 +463,11 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
           f"(loaded in {load_seconds:.1f} s)")
     window = parse_layers(args.layers, n_layers) if args.layers else default_window(n_layers)
     depth_top = parse_depth_patches(args.depth_patches, model.grid.n_patches)
-    target = parse_target(args.target, model.class_names, model.cfg.n_classes)
+    headless = model.head is None
+    if headless and (args.target is not None or args.score != "logit"):
+        raise CLIError("the model is headless (no classifier): it is explained by the similarity of each patched "
+                       "run to the image's own embedding; drop --target and --score")
+    target = None if headless else parse_target(args.target, model.class_names, model.cfg.n_classes)
     dtype = torch.bfloat16 if args.bf16 else None
     if args.probs != "auto":
         kind = args.probs
@@ -438,7 +475,7 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         kind = _bundled_activation(bundled) if bundled else output_activation(model)
     command = "caap-lens " + shlex.join(list(argv)) if argv else "caap-lens explain"
     if not inputs:
-        inputs = [_bundled_scene(bundled or DEFAULT_MODEL, args.scene)]
+        inputs = [_real_photo()] if args.model == REAL_MODEL else [_bundled_scene(bundled or DEFAULT_MODEL, args.scene)]
     used: set[str] = set()
     for i, (name, image) in enumerate(inputs):
         name = _unique_name(Path(name).name, used)
@@ -446,7 +483,12 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         x = model.preprocess(image)
         with torch.inference_mode():
             logits = model(x).float()
-        common = dict(context=args.context, hook=args.hook, score=args.score, relative=args.relative,
+        score: Any = args.score
+        if headless:  # which patches restore the image's own embedding
+            from caap_lens.attribution.scores import self_similarity
+
+            score, target = self_similarity(logits), torch.arange(1)
+        common = dict(context=args.context, hook=args.hook, score=score, relative=args.relative,
                       batch_size=args.batch_size, dtype=dtype, progress=not args.no_progress)
         result = caap(model, x, target, layers=window, **common)
         profile, patches = None, None
@@ -481,6 +523,16 @@ def _bundled_activation(name: str) -> str:
     return "softmax" if config.get("multi_label") is False else "sigmoid"
 
 
+def _real_photo() -> tuple[str, Any]:
+    try:
+        from skimage import data
+    except ImportError:
+        raise CLIError("no image given and scikit-image (which ships the sample photo) is not installed: "
+                       "pass image files, or pip install scikit-image") from None
+    print(f"no image given: scikit-image's sample photo {REAL_PHOTO!r}")
+    return f"{REAL_PHOTO}.png", getattr(data, REAL_PHOTO)()
+
+
 def _bundled_scene(name: str, index: int) -> tuple[str, Any]:
     try:
         from caap_lens.loading.bundled import load_bundled_scenes
@@ -498,6 +550,8 @@ def _summary(i: int, n: int, name: str, model: Any, logits: Any, kind: str, resu
              path: Path, seconds: float) -> None:
     from caap_lens.plot.classes import AXIS_TITLES, class_label, top_classes
 
+    from caap_lens.report import HEADLESS_TARGET
+
     names = model.class_names
     top = top_classes(logits, names, 1, kind)[0] if model.head is not None else None
     target = int(result.targets[0])
@@ -505,7 +559,8 @@ def _summary(i: int, n: int, name: str, model: Any, logits: Any, kind: str, resu
     lines = [f"[{i + 1}/{n}] {name}"]
     if top is not None:
         lines.append(f"  prediction:  {class_label(top['index'], names)}, {AXIS_TITLES[kind]} {top['score']:.3f}")
-    lines.append(f"  target:      {class_label(target, names)}; {s['score']}: source "
+    label = class_label(target, names) if model.head is not None else HEADLESS_TARGET
+    lines.append(f"  target:      {label}; {s['score']}: source "
                  f"{float(result.source_score[0]):.4g}, context {float(result.context_score[0]):.4g}")
     lines.append(f"  window:      layers [{s['layers'][0]}, {s['layers'][1]}), hook {s['hook']}, context {s['context']}"
                  + (", relative" if s.get("relative") else ""))
@@ -523,6 +578,28 @@ def _summary(i: int, n: int, name: str, model: Any, logits: Any, kind: str, resu
 
 
 # --------------------------------------------------------------------------------------- main
+_DASH_VALUE_OPTIONS = ("--layers", "--target", "--num-classes", "--scene", "--batch-size", "--threads")
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    """``--layers -1:2`` → ``--layers=-1:2``, so argparse passes the value on and our check explains it.
+
+    argparse takes a value that starts with ``-`` (other than a plain negative number) for an option
+    and answers with a usage message; joined, the value reaches the check that says what is allowed.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        item = argv[i]
+        if item in _DASH_VALUE_OPTIONS and i + 1 < len(argv) and re.fullmatch(r"-[\d:.\s-]+", argv[i + 1]):
+            out.append(f"{item}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(item)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``caap-lens``; returns the exit status (0 ok, 2 bad input, 130 interrupted).
 
@@ -530,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["explain", "cat.png", "--model", "vit_tiny_patch16_224", "--no-progress"])  # doctest: +SKIP
         0
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_dash_values(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

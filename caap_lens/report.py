@@ -96,7 +96,12 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+HEADLESS_TARGET = "own embedding (self-similarity)"
+
+
 def _class_name(model: Any, index: int) -> str:
+    if getattr(model, "head", None) is None:  # headless: explained by similarity to its own embedding
+        return HEADLESS_TARGET
     names = getattr(model, "class_names", None)
     return names[index] if names is not None and 0 <= index < len(names) else f"class {index}"
 
@@ -343,7 +348,7 @@ def write_report(
                   f"layer{'s' if cfg.n_layers != 1 else ''}, d_model {cfg.d_model}, {cfg.n_classes} classes; grid {grid.grid_size[0]}×{grid.grid_size[1]} patches of "
                   f"{grid.patch_size[0]}×{grid.patch_size[1]} px, {grid.n_prefix_tokens} prefix token(s)"),
         ("Prediction", pred_text),
-        ("Target", e(class_label(target, names))),
+        ("Target", e(class_label(target, names) if has_classes else target_name)),
         ("Window", _window_text(start, stop, cfg.n_layers)),
         ("Hook", f"<code>{e(str(settings.get('hook')))}</code>"),
         ("Context", f"<code>{e(str(settings.get('context')))}</code>"),
