@@ -377,6 +377,8 @@ def detect_family(model: nn.Module) -> str:
         return "deit"
     if not _is(model.norm_pre, "Identity") and not arch.startswith("vit_"):
         return "clip"  # unnamed pre-norm model; a named vit_* without "_clip_" is a pre-norm ViT
+    if len(model.blocks) == 0:
+        raise _unsupported("the model has no transformer blocks (timm option depth=0); depth must be >= 1")
     if _is(model.blocks[0].ls1, "LayerScale"):
         patch = tuple(model.patch_embed.proj.kernel_size)
         return "dinov2" if patch == (14, 14) else "deit3"
