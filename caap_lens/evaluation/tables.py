@@ -32,7 +32,12 @@ import numpy as np
 
 from caap_lens.evaluation.metrics import METRICS
 from caap_lens.evaluation.plan import Plan
-from caap_lens.evaluation.store import Store, StoreError
+from caap_lens.evaluation.store import META_KEY, ReadReport, Store, StoreError
+
+
+def _floats(column: Any) -> np.ndarray:
+    """A pyarrow column as float64 with NaN for nulls."""
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------------- statistics
@@ -204,58 +209,109 @@ def merge(store_dir: str | Path, *, write: bool = False, n_boot: int = 1000) -> 
     if manifest is None:
         raise StoreError(f"{store.path} is not a results store (no manifest.json)")
     plan = Plan.from_dict(manifest["plan"])
-    table, report = store.read_rows(manifest["plan_hash"])
     rows = [m.name for m in plan.methods]
+    row_of = {row: i for i, row in enumerate(rows)}
     metrics = list(plan.metrics)
+    curve_keys = [k for k in metrics if METRICS[k].curve]
+    # one pass over the parts, one part in memory at a time: scalar columns kept as small arrays,
+    # curves summed as they come (a store of 50k images x 12 rows never becomes Python lists)
+    report = ReadReport()
+    unit_of: dict[tuple[str, int], int] = {}
+    unit_item: list[int] = []
+    seen: set[int] = set()
+    duplicates = 0
+    chunks: list[dict[str, np.ndarray]] = []
+    curve_sum: dict[str, dict[str, np.ndarray]] = {k: {} for k in curve_keys}
+    curve_n: dict[str, dict[str, np.ndarray]] = {k: {} for k in curve_keys}
+    skip_parts: list[tuple[int, int, str]] = []
+    for path in store.part_files():
+        try:
+            t = store.read_part(path, manifest["plan_hash"])
+        except StoreError as err:
+            report.corrupt[path.name] = str(err)
+            continue
+        report.items[path.name] = json.loads(t.schema.metadata[META_KEY])["items"]
+        if t.num_rows == 0:
+            continue
+        ids, targets = t.column("id").to_pylist(), t.column("target").to_pylist()
+        item_index, methods = t.column("item_index").to_pylist(), t.column("method").to_pylist()
+        keep = np.zeros(t.num_rows, dtype=bool)
+        u_arr = np.zeros(t.num_rows, dtype=np.int64)
+        r_arr = np.zeros(t.num_rows, dtype=np.int64)
+        for j in range(t.num_rows):
+            if methods[j] not in row_of:
+                continue
+            key = (ids[j], int(targets[j]))
+            u = unit_of.get(key)
+            if u is None:
+                u = unit_of[key] = len(unit_item)
+                unit_item.append(int(item_index[j]))
+            code = u * len(rows) + row_of[methods[j]]
+            if code in seen:
+                duplicates += 1
+                continue
+            seen.add(code)
+            keep[j], u_arr[j], r_arr[j] = True, u, row_of[methods[j]]
+        chunk = {"u": u_arr[keep], "r": r_arr[keep],
+                 "score": _floats(t.column("score"))[keep], "seconds": _floats(t.column("seconds"))[keep]}
+        for k in metrics:
+            chunk[k] = _floats(t.column(k))[keep]
+        chunks.append(chunk)
+        skipped = t.column("skipped").to_pylist()
+        for j in np.flatnonzero(keep):
+            if skipped[j]:
+                skip_parts.append((int(u_arr[j]), int(r_arr[j]), skipped[j]))
+        for k in curve_keys:
+            name = f"curve_{k}"
+            if name not in t.column_names:
+                continue
+            col = t.column(name).combine_chunks()
+            for ri, row in enumerate(rows):
+                sel = np.flatnonzero(keep & (r_arr == ri))
+                ys = [y for y in col.take(sel).to_pylist() if y is not None] if sel.size else []
+                if not ys:
+                    continue
+                y = np.asarray(ys, dtype=np.float64)
+                if row in curve_sum[k] and curve_sum[k][row].shape != y.shape[1:]:
+                    continue  # another curve length: not averaged together
+                curve_sum[k][row] = curve_sum[k].get(row, 0) + np.nansum(y, axis=0)
+                curve_n[k][row] = curve_n[k].get(row, 0) + (~np.isnan(y)).sum(axis=0)
     expected_items = len(plan.item_indices(manifest["source"]["n"]))
     covered = {i for items in report.items.values() for i in items}
     meta: dict[str, Any] = {"store": str(store.path), "parts": len(report.items), "corrupt_parts": report.corrupt,
                             "items_expected": expected_items, "items_done": len(covered),
-                            "source": manifest["source"], "model": manifest["model"], "duplicates": 0}
-    cols: dict[str, list] = {}
-    if table is not None and table.num_rows:
-        cols = table.to_pydict()
-    n_rows = len(cols.get("id", []))
-    # dedupe on (id, target, row), keep the first
-    seen: dict[tuple[str, int, str], int] = {}
-    for r in range(n_rows):
-        key = (cols["id"][r], int(cols["target"][r]), cols["method"][r])
-        if key in seen:
-            meta["duplicates"] += 1
-        else:
-            seen[key] = r
-    unit_index: dict[tuple[str, int], int] = {}
-    order = sorted({(cols["item_index"][r], cols["id"][r], int(cols["target"][r])) for r in seen.values()})
-    units = [(i, t) for _, i, t in order]
-    for k, u in enumerate(units):
-        unit_index[u] = k
+                            "source": manifest["source"], "model": manifest["model"], "duplicates": duplicates}
+    # units in the data set's order
+    keys = list(unit_of)
+    order = sorted(range(len(keys)), key=lambda u: (unit_item[u], keys[u][0], keys[u][1]))
+    position = np.empty(len(keys), dtype=np.int64)
+    position[order] = np.arange(len(keys))
+    units = [keys[u] for u in order]
     meta["units"] = len(units)
-    values = {row: {k: np.full(len(units), np.nan) for k in metrics} for row in rows}
-    present = {row: np.zeros(len(units), dtype=bool) for row in rows}
-    skipped_mask = {row: {k: np.zeros(len(units), dtype=bool) for k in metrics} for row in rows}
+    n_units = len(units)
+    values = {row: {k: np.full(n_units, np.nan) for k in metrics} for row in rows}
+    present = {row: np.zeros(n_units, dtype=bool) for row in rows}
+    skipped_mask = {row: {k: np.zeros(n_units, dtype=bool) for k in metrics} for row in rows}
     reasons: dict[str, dict[str, int]] = {k: {} for k in metrics}
-    curve_sum: dict[str, dict[str, list]] = {k: {} for k in metrics if METRICS[k].curve}
     seconds: dict[str, list[float]] = {row: [] for row in rows}
-    clean_score = np.full(len(units), np.nan)
-    for (item_id, target, row), r in seen.items():
-        if row not in values:
-            continue
-        u = unit_index[(item_id, target)]
-        present[row][u] = True
-        clean_score[u] = cols["score"][r]
-        seconds[row].append(cols["seconds"][r])
-        for k in metrics:
-            values[row][k][u] = np.nan if cols[k][r] is None else cols[k][r]
-        for part in filter(None, (cols["skipped"][r] or "").split("; ")):
+    clean_score = np.full(n_units, np.nan)
+    for chunk in chunks:
+        pos = position[chunk["u"]]
+        clean_score[pos] = chunk["score"]
+        for ri, row in enumerate(rows):
+            sel = chunk["r"] == ri
+            present[row][pos[sel]] = True
+            seconds[row].extend(chunk["seconds"][sel].tolist())
+            for k in metrics:
+                values[row][k][pos[sel]] = chunk[k][sel]
+    for u, ri, text in skip_parts:
+        row = rows[ri]
+        for part in filter(None, text.split("; ")):
             k, _, why = part.partition(": ")
             if k in skipped_mask[row]:
-                skipped_mask[row][k][u] = True
-                if row == rows[0]:
+                skipped_mask[row][k][position[u]] = True
+                if ri == 0:
                     reasons[k][why] = reasons[k].get(why, 0) + 1
-        for k in curve_sum:
-            y = cols.get(f"curve_{k}", [None] * n_rows)[r]
-            if y is not None:
-                curve_sum[k].setdefault(row, []).append(y)
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         summary[row] = {}
@@ -305,8 +361,9 @@ def merge(store_dir: str | Path, *, write: bool = False, n_boot: int = 1000) -> 
             lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
             ranks[k] = {row: {"rank": float(observed[i]), "lo": float(lo[i]), "hi": float(hi[i])}
                         for i, row in enumerate(ranked)}
-    curves = {k: {row: np.nanmean(np.asarray(ys, dtype=float), axis=0).tolist() for row, ys in per.items()}
-              for k, per in curve_sum.items()}
+    with np.errstate(all="ignore"):
+        curves = {k: {row: (per[row] / np.maximum(curve_n[k][row], 1)).tolist() for row in rows if row in per}
+                  for k, per in curve_sum.items()}
     meta["skip_reasons"] = reasons
     meta["clean_score_mean"] = float(np.nanmean(clean_score)) if len(units) else math.nan
     meta["clean_score_above_half"] = int(np.nansum(clean_score > 0.5)) if len(units) else 0
