@@ -180,7 +180,14 @@ def _base_config(model: nn.Module, family: str, source: str) -> HookedViTConfig:
     ):
         raise _unsupported(f"position embedding of shape {tuple(model.pos_embed.shape)} does not fit the patch grid")
     block0 = model.blocks[0]
-    eps = block0.norm1.eps
+    if not _is(block0, "Block"):
+        raise _unsupported(
+            f"blocks[0] is {type(block0).__name__} (timm option block_fn), expected timm's pre-norm Block"
+        )
+    norm1 = _layer_norm(block0.norm1, "blocks[0].norm1")
+    if norm1 is None:
+        raise _unsupported("blocks[0].norm1 is Identity (timm option norm_layer), expected LayerNorm")
+    eps = norm1.eps
     _check_blocks(model, eps)
     norms = {name: _layer_norm(getattr(model, name), name) for name in ("norm_pre", "norm", "fc_norm")}
     if any(n is not None and n.eps != eps for n in norms.values()):
@@ -379,7 +386,7 @@ def detect_family(model: nn.Module) -> str:
         return "clip"  # unnamed pre-norm model; a named vit_* without "_clip_" is a pre-norm ViT
     if len(model.blocks) == 0:
         raise _unsupported("the model has no transformer blocks (timm option depth=0); depth must be >= 1")
-    if _is(model.blocks[0].ls1, "LayerScale"):
+    if _is(getattr(model.blocks[0], "ls1", nn.Identity()), "LayerScale"):  # other blocks: refused later
         patch = tuple(model.patch_embed.proj.kernel_size)
         return "dinov2" if patch == (14, 14) else "deit3"
     return "vit"
