@@ -29,9 +29,10 @@ it over colour channels and the patch map over each patch.
 **Conservation.** Every rule above conserves relevance exactly except the softmax rule and the
 biases (linear layers' and LayerNorms' biases, the position embedding and the prefix tokens absorb
 relevance, as in any LRP). So on a model whose biases, position embedding and prefix tokens are zero,
-the input relevance sums to the target logit exactly with ``softmax="cp"``, and up to the softmax
-rule's deviation with AttnLRP (tested). ``Attribution.info`` reports per image the total input
-relevance and the score it started from.
+the input relevance sums to the target logit exactly with ``softmax="cp"``; with AttnLRP it sums to
+the logit minus what the softmax rule leaves unassigned, half of ``Σ A·∂A - Σ scores·∂scores`` per
+layer (both tested exactly). ``Attribution.info`` reports per image the total input relevance and the
+score it started from.
 
 Differs from the reference implementation (lxt 2.1, ``lxt.efficient``) in how the rules are wired
 (hooks instead of patched module classes) and in nothing else: the same three rules, checked against
