@@ -33,6 +33,7 @@ system-deps:
 
 install-dev: install system-deps real-model
 	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP_INSTALL) --no-deps "lxt==2.1"  # AttnLRP's rules for tests/test_baselines_lrp.py; its deps are not needed
 
 demo: install real-model
 	caap-lens explain
