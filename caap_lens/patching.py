@@ -107,7 +107,7 @@ def patch_from_source(
     if mask.dtype != torch.bool:
         raise TypeError(f"patch mask must be bool, got {mask.dtype}")
     if source_index is not None:
-        if source.shape[0] == 1 or bool((source_index == source_index[0]).all()):
+        if source_index.numel() and (source.shape[0] == 1 or bool((source_index == source_index[0]).all())):
             source = source[source_index[:1]]  # one source row for the whole batch: broadcast it
         else:
             source = source[source_index]

@@ -162,6 +162,8 @@ class GivenImageContext(ImageContext):
                 f"context image must be [C, H, W] or [1 or batch, C, H, W] matching the images "
                 f"{tuple(images.shape)}, got {tuple(ctx.shape)}"
             )
+        if not bool(torch.isfinite(ctx).all()):
+            raise ValueError("the context image holds NaN or infinite values; the map would be NaN")
         return ctx.to(device=images.device, dtype=images.dtype)
 
 

@@ -62,6 +62,8 @@ def region_units(grid: PatchGrid, region: Tensor, batch: int) -> Units:
             f"region mask must be [gh, gw], [n_regions, gh, gw] or [batch={batch}, n_regions, gh, gw], "
             f"got {tuple(region.shape)}"
         )
+    if region.shape[1] == 0:
+        raise ValueError(f"region mask {tuple(region.shape)} holds no regions: give at least one [gh, gw] mask")
     if not bool(region.flatten(-2).any(-1).all()):
         raise ValueError("every region must contain at least one patch")
     return Units(grid.token_mask(region.cpu()), (region.shape[1],))
