@@ -303,3 +303,46 @@ def test_cli_evaluate_merge_and_bad_input(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "none"), "--merge"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert all(line.startswith("caap-lens: error:") for line in err) and len(err) == 4
+
+
+def test_hf_dataset_source(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from caap_lens.evaluation import HFDatasetSource
+
+    images = [Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)) for i in range(3)]
+    ds = datasets.Dataset.from_dict({"image": images, "label": [2, 0, 5]}).cast_column("image", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "ds"))
+    src = HFDatasetSource(tmp_path / "ds", image_column="image", label_column="label")
+    assert len(src) == 3 and src.ids() == ["ds/test/0", "ds/test/1", "ds/test/2"]
+    item = src[2]
+    assert item.targets == [5] and item.image.shape == (8, 8, 3) and int(item.image[0, 0, 0]) == 80
+    with pytest.raises(ValueError, match="columns"):
+        HFDatasetSource(tmp_path / "ds", image_column="img")
+
+
+def test_cli_evaluate_runs_resumes_and_refuses_another_plan(tmp_path, capsys):
+    try:
+        from caap_lens.loading.bundled import bundled_path
+
+        bundled_path("fashion-scenes-vit", "test_scenes.npz")
+    except (ImportError, FileNotFoundError) as err:
+        pytest.skip(f"no bundled model: {err}")
+    from caap_lens.cli import main
+
+    store = tmp_path / "s"
+    args = ["evaluate", str(store), "--methods", "caap,rollout,random", "--metrics", "deletion,pointing",
+            "--curve-steps", "2", "--limit", "2", "--chunk", "1", "--no-progress"]
+    assert main(args) == 0
+    assert (store / "results.md").exists() and (store / "results.html").exists()
+    first = json.loads((store / "results.json").read_text())
+    assert first["plan"]["score"] == "sigmoid" and first["meta"]["items_done"] == 2
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 chunk(s) computed, 2 already committed" in capsys.readouterr().err
+    assert main([*args[:-2], "3", "--no-progress"]) == 2  # --chunk 3: another plan
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "written under plan" in err[0]
+    assert main(["evaluate", str(store), "--merge", "--out", str(tmp_path / "tables")]) == 0
+    assert (tmp_path / "tables" / "results.md").read_text().count("|") > 10
