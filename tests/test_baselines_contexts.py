@@ -3,8 +3,7 @@
 Issue 11, defect 7: the ``mean_activation`` context averaged the residual stream over the *batch*, so
 one image's CAAP (and attribution-patching) map changed with its batch mates (up to 2.9 logits on the
 bundled model, 8 scenes). The fix belongs in `caap_lens.attribution.contexts` (the reference set
-explicit, per image by default); until it lands the test below is a strict xfail, so it turns into a
-failure the day the fix makes it pass (then drop the mark).
+explicit, per image by default); fixed there (issue 10), so the test below is a plain test now.
 
 Defect 9: `caap(heads=True)` patches ``attn.hook_z`` at token t — what head h wrote into t after
 attending over all of the source's tokens — not t's content as read by h; the docs say so.
@@ -39,8 +38,6 @@ def vit():
     return model
 
 
-@pytest.mark.xfail(strict=True, reason="defect 7: mean_activation averages over the batch; the fix is in "
-                   "caap_lens/attribution/contexts.py (not owned by the baselines/metrics work)")
 @pytest.mark.parametrize("method", ["caap", "attribution_patching"])
 def test_a_map_does_not_depend_on_the_rest_of_the_batch(vit, method):
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -19,9 +19,11 @@ Activation-level contexts build the residual directly:
 
 * ``"mean_activation"`` — at the window start, every patch token holds the mean patch-token residual
   (over the reference images and all patch positions) and each prefix token its mean over the
-  reference images. Reference images default to the source batch itself; pass ``reference=`` to use
-  a data set instead (with the default, the prefix tokens still carry the source's information once
-  the window starts after block 0).
+  reference images. By default each image is its own reference: its patch tokens hold the mean of
+  its own patch tokens and its prefix tokens stay its own, so a map never depends on which other
+  images share the batch (the prefix tokens still carry the source's information once the window
+  starts after block 0). Pass ``reference=`` (``MeanActivationContext(reference=images)``) to use
+  one shared data set instead.
 
 Example:
     >>> ctx = resolve_context("blur")
@@ -187,9 +189,15 @@ class MeanActivationContext:
         self.reference = reference
 
     def residuals(self, model: Any, images: Images, layers: Sequence[int]) -> dict[int, Resid]:
-        reference = images if self.reference is None else self.reference.to(images.device, images.dtype)
         n_prefix = model.cfg.n_prefix_tokens
         out = {}
+        if self.reference is None:  # per image: never mixes an image with its batch mates
+            for layer, resid in residuals_of_images(model, images, layers).items():
+                own = resid.clone()
+                own[:, n_prefix:] = resid[:, n_prefix:].mean(dim=1, keepdim=True)
+                out[layer] = own
+            return out
+        reference = self.reference.to(images.device, images.dtype)
         for layer, resid in residuals_of_images(model, reference, layers).items():
             mean = resid.mean(dim=0, keepdim=True)  # [1, pos, d_model]
             mean[:, n_prefix:] = resid[:, n_prefix:].mean(dim=(0, 1), keepdim=True)
