@@ -80,7 +80,8 @@ def test_mask_as_map_is_perfect_and_inverse_is_zero():
     for maps, expected in ((masks.float(), 1.0), ((~masks).float(), 0.0)):
         assert pointing_game(maps, masks).tolist() == [expected] * 3
         assert pointing_game(maps, masks, ties="any").tolist() == [expected] * 3
-        assert torch.allclose(mask_energy(maps, masks), torch.full((3,), expected))
+        assert torch.allclose(mask_energy(maps, masks, offset="min"), torch.full((3,), expected))
+        assert torch.allclose(mask_energy(maps, masks, offset="zero"), torch.full((3,), expected))
         assert mask_auroc(maps, masks).tolist() == [expected] * 3
 
 
@@ -135,7 +136,7 @@ def test_pointing_game_ties_tolerance_and_patch_upsampling():
 def test_mask_energy_offsets_and_nan_cases():
     masks = random_masks(2, seed=2)
     maps = torch.where(masks, 1.0, -5.0)
-    assert mask_energy(maps, masks).tolist() == [1.0, 1.0]  # all mass above the minimum is inside
+    assert mask_energy(maps, masks).tolist() == [1.0, 1.0]  # all mass above the median is inside
     assert mask_energy(maps, masks, offset="zero").tolist() == [1.0, 1.0]  # negatives clamped
     # No positive mass: chance under "zero" (it used to be NaN, dropped from means: issue 11 defect 2).
     assert torch.allclose(mask_energy(-torch.rand(2, 64, 64), masks, offset="zero"), chance_level(masks))

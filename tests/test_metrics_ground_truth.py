@@ -128,8 +128,11 @@ def test_mask_energy_is_defined_for_every_map():
     negative = -torch.arange(16.0).reshape(1, 4, 4).repeat(3, 1, 1) - 1  # no positive value anywhere
     got = mask_energy(negative, masks)
     assert not got.isnan().any()
-    # a - min(a): the top-left quadrant holds values -1, -2, -5, -6 -> mass 15, 14, 11, 10 of 120 in all
-    assert got.tolist() == pytest.approx([50 / 120] * 3)
+    # above the median (-8.5): values -1 .. -8 -> mass 7.5, 6.5, ..., 0.5 (32 in all); the top-left
+    # quadrant holds -1, -2, -5, -6 -> 7.5 + 6.5 + 3.5 + 2.5 = 20
+    assert got.tolist() == pytest.approx([20 / 32] * 3)
+    # a - min(a): the quadrant's mass 15 + 14 + 11 + 10 of 120 in all
+    assert mask_energy(negative, masks, offset="min").tolist() == pytest.approx([50 / 120] * 3)
     assert torch.allclose(mask_energy(negative + 100.0, masks), got)  # offset-invariant
     # "zero": mass is relu(a); a map with no positive mass makes no claim: chance (the area fraction).
     assert mask_energy(negative, masks, offset="zero").tolist() == [0.25] * 3
@@ -146,14 +149,15 @@ def test_mask_energy_offset_zero_clamps_negative_values():
     maps[0, 3, 0] = 2.0  # positive mass 1 + 1 inside, 2 outside
     assert mask_energy(maps, masks, offset="zero").tolist() == [0.5]
     # from the minimum (-3): inside 4 + 4 + 0 + 0, outside 5 + 0 * 11: 8 / 13
-    assert mask_energy(maps, masks).tolist() == pytest.approx([8 / 13])
+    assert mask_energy(maps, masks, offset="min").tolist() == pytest.approx([8 / 13])
+    assert mask_energy(maps, masks).tolist() == pytest.approx([8 / 13])  # the median is -3 here too
 
 
 # ------------------------------------------------------------------- Quantus cross-check (defect 6)
 def test_mask_energy_against_what_quantus_computes():
     """Regression (issue 11, defect 6): Quantus' AttributionLocalisation sums *signed* values (and takes
-    |a| by default); mask energy measures mass from the map's minimum. They agree on non-negative maps
-    (so on a - min(a)); on signed maps they differ, as documented."""
+    |a| by default); mask energy measures mass above the map's median. They agree on non-negative maps
+    (so on relu(a - median a)); on signed maps they differ, as documented."""
     quantus = pytest.importorskip("quantus", reason="Quantus absent: independent cross-check skipped")
     gen = torch.Generator().manual_seed(21)
     masks = torch.rand(4, 32, 32, generator=gen) < 0.02
@@ -167,8 +171,10 @@ def test_mask_energy_against_what_quantus_computes():
         return np.asarray(metric(model=None, x_batch=x, y_batch=y, a_batch=a[:, None].numpy(),
                                  s_batch=masks[:, None].numpy(), channel_first=True), dtype=float)
 
+    above_median = (signed - signed.flatten(1).quantile(0.5, dim=1)[:, None, None]).clamp(min=0)
+    assert np.allclose(mask_energy(signed, masks).numpy(), theirs(above_median), atol=1e-6)
     shifted = signed - signed.flatten(1).min(1).values[:, None, None]
-    assert np.allclose(mask_energy(signed, masks).numpy(), theirs(shifted), atol=1e-6)
+    assert np.allclose(mask_energy(signed, masks, offset="min").numpy(), theirs(shifted), atol=1e-6)
     assert np.allclose(mask_energy(signed, masks, offset="zero").numpy(),
                        theirs(signed, positive_attributions=True), atol=1e-6)
     # Where the definitions differ: Quantus on the raw signed map is not our number.
@@ -192,3 +198,14 @@ def test_mean_ci_reports_n_used_and_n_dropped_and_stays_a_tuple():
     assert single.n == 1 and single.n_dropped == 1 and math.isnan(single.lo)
     with pytest.raises(ValueError, match="all NaN"):
         mean_ci([float("nan")] * 3)
+
+
+def test_mask_energy_from_the_median():
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, 0, :2] = True
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 0, 0], maps[0, 0, 1], maps[0, 3, 3] = 3.0, 1.0, 4.0  # median 0: mass 3 + 1 inside, 4 outside
+    maps[0, 2, 2] = -10.0  # an extreme minimum does not change the median's mass
+    assert mask_energy(maps, masks, offset="median").tolist() == [0.5]
+    assert mask_energy(maps + 5.0, masks, offset="median").tolist() == [0.5]
+    assert mask_energy(torch.ones(1, 4, 4), masks, offset="median").tolist() == [2 / 16]  # no mass: chance

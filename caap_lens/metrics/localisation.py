@@ -21,9 +21,14 @@ Protocols:
   share of the map's mass inside the mask, ``sum(w · m) / sum(w)``, with the mass ``w`` of a map
   ``a`` defined by ``offset``:
 
-  - ``"min"`` (default): ``w = a - min(a)``, measured from the map's own minimum. *Offset-invariant*:
-    a map and the same map plus a constant (e.g. CAAP with and without ``relative=True``) score the
-    same, and every map is defined;
+  - ``"median"`` (default): ``w = relu(a - median(a))``, mass is what stands above the map's typical
+    value. *Offset-invariant*: a map and the same map plus a constant (e.g. CAAP with and without
+    ``relative=True``) score the same, and every map is defined. For signed maps centred on 0
+    (integrated gradients, occlusion, AttnLRP) it is close to ``"zero"``; a map that is flat except
+    for a few patches (as CAAP's often is) is judged by those patches. A binary map whose high value
+    covers more than half of the image has no mass (chance);
+  - ``"min"``: ``w = a - min(a)``, measured from the map's own minimum, also offset-invariant; one
+    extreme low patch gives every other patch mass, so signed maps score near chance;
   - ``"zero"``: ``w = relu(a)``, for maps whose 0 means "no effect" (negative values are evidence
     against the class, not mass to be localised).
 
@@ -34,7 +39,9 @@ Protocols:
   *Quantus* (``AttributionLocalisation``, 0.6) computes ``sum(a · m) / (sum(a) + 1e-9)`` on the
   raw, *signed* values (``abs=True`` by default takes ``|a|`` first; ``positive_attributions=True``
   clamps like ``"zero"``), NaN when that ratio exceeds 1: the definitions agree on non-negative maps
-  with some mass (tested), and differ on signed maps and on maps without mass.
+  with some mass (so on ``relu(a - median a)``, tested), and differ on signed maps and on maps
+  without mass. On 40 bundled-scene pairs the default moved CAAP's mask energy from 0.50 on the 8
+  pairs it was defined for to 0.29 on all 40.
 * `mask_auroc` — the area under the ROC curve of the map's pixel values used to classify pixels as
   in/out of the mask (Quantus' ``AUC``), computed exactly as the Mann–Whitney U statistic with
   average ranks for ties: ``(R_in - n_in (n_in + 1) / 2) / (n_in n_out)``. Ties count one half, so a
@@ -202,23 +209,24 @@ def pointing_game(
 
 
 def mask_energy(
-    maps: Any, masks: Any, *, grid: Any = None, offset: Literal["min", "zero"] = "min"
+    maps: Any, masks: Any, *, grid: Any = None, offset: Literal["median", "min", "zero"] = "median"
 ) -> Float[Tensor, " batch"]:
     """Share of the map's mass inside the mask, ``sum(w m) / sum(w)`` (see the module docstring).
 
-    ``offset="min"`` (default) measures mass from the map's minimum (``w = a - min a``,
-    offset-invariant); ``"zero"`` from 0 (``w = relu(a)``). A map without mass scores the mask's area
-    fraction (chance). NaN only for an empty mask.
+    ``offset="median"`` (default) measures mass above the map's median (``w = relu(a - median a)``,
+    offset-invariant); ``"min"`` from the map's minimum (``w = a - min a``); ``"zero"`` from 0
+    (``w = relu(a)``). A map without mass scores the mask's area fraction (chance). NaN only for
+    an empty mask.
 
     Args:
         maps: Pixel maps ``[batch, H, W]`` or patch maps ``[batch, gh, gw]`` (with ``grid``).
         masks: Bool ``[batch, H, W]``.
         grid: A `PatchGrid` or a model, for patch maps.
-        offset: ``"min"`` or ``"zero"``.
+        offset: ``"median"``, ``"min"`` or ``"zero"``.
 
     Example:
         >>> masks = torch.tensor([[[True, False], [False, False]]])
-        >>> mask_energy(torch.tensor([[[3.0, 1.0], [1.0, 1.0]]]), masks)  # all mass above the minimum is inside
+        >>> mask_energy(torch.tensor([[[3.0, 1.0], [1.0, 1.0]]]), masks)  # all mass above the median is inside
         tensor([1.])
         >>> mask_energy(torch.tensor([[[3.0, 1.0], [1.0, 1.0]]]), masks, offset="zero")
         tensor([0.5000])
@@ -229,10 +237,12 @@ def mask_energy(
     flat = maps.flatten(1).double()
     if offset == "min":
         mass = flat - flat.min(dim=1, keepdim=True).values
+    elif offset == "median":
+        mass = (flat - flat.quantile(0.5, dim=1, keepdim=True)).clamp(min=0)  # the median, as numpy's
     elif offset == "zero":
         mass = flat.clamp(min=0)
     else:
-        raise ValueError(f"offset must be 'min' or 'zero', got {offset!r}")
+        raise ValueError(f"offset must be 'min', 'median' or 'zero', got {offset!r}")
     inside_mask = masks.flatten(1)
     total = mass.sum(1)
     inside = (mass * inside_mask).sum(1)
