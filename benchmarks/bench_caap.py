@@ -9,9 +9,16 @@ Compares, on one image and one machine, in one process (each comparison alternat
      patches (the cost ratio does not depend on how many patches are patched);
   5. peak memory as batch_size grows: RSS sampled during the call, one subprocess per batch size.
 
+  6. the fp32 and bf16 matmul rates of this CPU (a 4096x384x1536 product), measured in the same run:
+     bf16 is not faster on every CPU, so the bf16 ratio is only meaningful next to these.
+
+A headless model (``dinov2-s14``, the real DINOv2-S/14 of ``make real-model``) is scored by
+self-similarity (which patches restore the photo's own embedding) on a real photo.
+
 Usage:
     python benchmarks/bench_caap.py                          # vit_small_patch16_224, random init
     python benchmarks/bench_caap.py --model fashion-scenes-vit --layers 2:4
+    python benchmarks/bench_caap.py --model dinov2-s14       # real weights, real photo
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ from caap_lens.sweeps import all_windows, window_sweep  # noqa: E402
 
 
 def load(name: str) -> HookedViT:
+    if name == "dinov2-s14":
+        from caap_lens.loading.real_dinov2 import load_real_dinov2
+
+        return load_real_dinov2()
     try:
         from caap_lens.loading.bundled import list_bundled
     except ImportError:  # no bundled models in this checkout
@@ -50,6 +61,10 @@ def load(name: str) -> HookedViT:
 
 
 def sample_image(model: HookedViT) -> torch.Tensor:
+    if model.head is None:  # a real backbone: a real photo
+        from skimage import data
+
+        return model.preprocess(data.chelsea())
     try:
         from caap_lens.loading.bundled import load_bundled_scenes, list_bundled
 
@@ -60,6 +75,24 @@ def sample_image(model: HookedViT) -> torch.Tensor:
         pass
     gen = torch.Generator().manual_seed(0)
     return torch.randn(1, model.cfg.n_channels, *model.cfg.image_size, generator=gen)
+
+
+def target_and_score(model: HookedViT, image: torch.Tensor) -> dict:
+    """``caap`` keyword arguments: the predicted class, or self-similarity for a headless model."""
+    if model.head is not None:
+        return {}
+    from caap_lens.attribution.scores import self_similarity
+
+    with torch.inference_mode():
+        return {"target": torch.arange(image.shape[0]), "score": self_similarity(model(image))}
+
+
+def matmul_gflops(dtype: torch.dtype, repeats: int = 5) -> float:
+    """Best rate of a 4096x384 @ 384x1536 product (a ViT-S MLP layer on 4096 rows) in ``dtype``."""
+    a, b = torch.randn(4096, 384).to(dtype), torch.randn(384, 1536).to(dtype)
+    a @ b  # warm-up
+    best = min(timed(lambda: [a @ b for _ in range(10)])[0] for _ in range(repeats))
+    return 2 * 4096 * 384 * 1536 * 10 / best / 1e9
 
 
 def timed(fn, repeats: int = 1):
@@ -139,9 +172,9 @@ def memory_child(args: argparse.Namespace, batch_size: int) -> dict:
         "import json, sys, torch; sys.argv=['x'];"
         "import benchmarks.bench_caap as b;"
         f"torch.set_num_threads({args.threads});"
-        f"m=b.load({args.model!r}); x=b.sample_image(m);"
-        f"b.caap(m, x, layers={tuple(args.layers)}, batch_size=8);"  # warm-up: allocator, kernels
-        f"base, peak, dt = b.peak_rss_during(lambda: b.caap(m, x, layers={tuple(args.layers)}, batch_size={batch_size}));"
+        f"m=b.load({args.model!r}); x=b.sample_image(m); kw=b.target_and_score(m, x);"
+        f"b.caap(m, x, layers={tuple(args.layers)}, batch_size=8, **kw);"  # warm-up: allocator, kernels
+        f"base, peak, dt = b.peak_rss_during(lambda: b.caap(m, x, layers={tuple(args.layers)}, batch_size={batch_size}, **kw));"
         "print(json.dumps({'base_mb': base, 'peak_mb': peak, 'seconds': dt}))"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,7 +193,7 @@ def main() -> None:
     parser.add_argument("--sweep-repeats", type=int, default=1)
     parser.add_argument("--sweep-patches", type=int, default=32, help="patches used for the sweep comparison")
     parser.add_argument("--memory-batch-sizes", default="16,32,64,128")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: naive,floor,bf16,sweep,memory")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: matmul,naive,floor,bf16,sweep,memory")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
     args.layers = [int(v) for v in args.layers.split(":")]
@@ -175,11 +208,16 @@ def main() -> None:
         f"{os.cpu_count()} cpus, torch {torch.__version__}",
     }
     print(f"# {model}\n# window {layers}, {args.threads} threads, batch_size {args.batch_size}")
-    ours_fn = lambda: caap(model, image, layers=layers, batch_size=args.batch_size)  # noqa: E731
+    if "matmul" not in skip:
+        fig.update(matmul_fp32_gflops=matmul_gflops(torch.float32), matmul_bf16_gflops=matmul_gflops(torch.bfloat16))
+        print(f"matmul 4096x384x1536: fp32 {fig['matmul_fp32_gflops']:.0f} GFLOPS, bf16 {fig['matmul_bf16_gflops']:.0f}"
+              f" GFLOPS (bf16/fp32 {fig['matmul_bf16_gflops'] / fig['matmul_fp32_gflops']:.2f}x)")
+    kw = target_and_score(model, image)
+    ours_fn = lambda: caap(model, image, layers=layers, batch_size=args.batch_size, **kw)  # noqa: E731
     ours_fn()  # warm-up
     ours = ours_fn()
     if "naive" not in skip:
-        naive_fn = lambda: caap_naive(model, image, layers=layers)  # noqa: E731
+        naive_fn = lambda: caap_naive(model, image, layers=layers, **kw)  # noqa: E731
         t_ours, ours, t_naive, naive = paired(ours_fn, naive_fn, args.naive_repeats)
         fig.update(ours_fp32_s=t_ours, naive_s=t_naive, speedup_vs_naive=t_naive / t_ours,
                    max_abs_diff_vs_naive=float((naive - ours.map).abs().max()))
@@ -192,7 +230,7 @@ def main() -> None:
         print(f"ours fp32 {t_ours:8.2f} s vs compute floor {t_floor:8.2f} s   ours/floor {t_ours / t_floor:5.3f}x"
               " (target <= 1.10x)")
     if "bf16" not in skip:
-        bf16_fn = lambda: caap(model, image, layers=layers, batch_size=args.batch_size, dtype=torch.bfloat16)  # noqa: E731
+        bf16_fn = lambda: caap(model, image, layers=layers, batch_size=args.batch_size, dtype=torch.bfloat16, **kw)  # noqa: E731
         bf16_fn()  # warm-up
         t_ours, ours, t_bf16, bf16 = paired(ours_fn, bf16_fn, args.repeats)
         rho = float(row_spearman(bf16.map.flatten()[None], ours.map.flatten()[None])[0])
@@ -207,8 +245,8 @@ def main() -> None:
         units = Units(patch_units(model.grid).masks[:, keep], (len(keep),))
         windows = all_windows(n)
         t_sweep, sweep, t_alone, alone = paired(
-            lambda: window_sweep(model, image, windows=windows, units=units, batch_size=args.batch_size),
-            lambda: [window_sweep(model, image, windows=[w], units=units, batch_size=args.batch_size).maps[0]
+            lambda: window_sweep(model, image, windows=windows, units=units, batch_size=args.batch_size, **kw),
+            lambda: [window_sweep(model, image, windows=[w], units=units, batch_size=args.batch_size, **kw).maps[0]
                      for w in windows],
             args.sweep_repeats,
         )

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-scenes", type=int, default=8000)
     p.add_argument("--dev-scenes", type=int, default=500, help="quick dev mAP after each epoch")
     p.add_argument("--test-scenes", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-from", type=int, default=9, help="first fine-tuned block")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of the fine-tuned blocks")

@@ -298,7 +298,9 @@ def caap(
         model: A `HookedViT`.
         images: Normalised images ``[batch, C, H, W]``, or PIL images/arrays (preprocessed for you).
         target: ``"predicted"``, a class index or name, or one per image.
-        layers: Window ``(start, stop)`` of blocks to patch; default `default_window`.
+        layers: Window ``(start, stop)`` of blocks to patch; default `default_window`. ``"auto"``:
+            per image, the candidate window whose map scores best on a short insertion curve
+            (`caap_lens.attribution.auto_window`; about 1.5-2x the cost of one map).
         context: Neutral context: a name, an image tensor, a callable or a context object.
         hook: Activation to copy: ``"resid_pre"`` (default), ``"resid_mid"``, ``"resid_post"``,
             ``"attn_out"``, ``"mlp_out"``, ``"z"``, ``"mlp_post"``; ``"z"`` when ``heads`` is set.
@@ -323,6 +325,14 @@ def caap(
         >>> result = caap(model, images, target="predicted", layers=(4, 8), context="blur")  # doctest: +SKIP
         >>> result.top_patches(3)  # doctest: +SKIP
     """
+    if isinstance(layers, str) and layers == "auto":  # per-image window by an insertion criterion
+        from caap_lens.attribution.auto_window import caap_auto  # auto_window builds on this module
+
+        if region is not None or heads is not None or per_layer or fwd_hooks:
+            raise ValueError("layers='auto' chooses among whole-patch maps: it does not combine with region, "
+                             "heads, per_layer or fwd_hooks; pick a window for those")
+        return caap_auto(model, images, target, context=context, hook=hook, score=score, relative=relative,
+                         batch_size=batch_size, dtype=dtype, progress=progress)
     window = check_window(model, layers if layers is not None else default_window(model.cfg.n_layers))
     heads = check_heads(heads, model.cfg.n_heads)
     hook = hook if hook is not None else ("z" if heads is not None else "resid_pre")
