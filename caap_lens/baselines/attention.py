@@ -123,7 +123,11 @@ def attention_patterns(model: Any, images: Images, layers: list[int]) -> dict[in
 def raw_attention(
     model: Any, images: Images, targets: Targets, *, layer: int = -1, heads: str | int = "mean"
 ) -> MethodOutput:
-    """One layer's attention from the readout token to each patch.
+    """One layer's attention from the readout rows to each patch: Chefer et al.'s (CVPR 2021) "raw attention".
+
+    Chefer et al. evaluate the last layer's CLS row with heads averaged (the defaults here, for CLS
+    models); here also any layer and head reduction, and the readout rows (`readout_row`) instead of
+    row 0.
 
     Args:
         model: A `HookedViT`.
@@ -150,6 +154,11 @@ def rollout(
     model: Any, images: Images, targets: Targets, *, start_layer: int = 0, heads: str | int = "mean"
 ) -> MethodOutput:
     """Attention rollout (Abnar & Zuidema, 2020) from ``start_layer`` to the last block.
+
+    As the paper (and Chefer et al.'s ``compute_rollout_attention``): heads averaged, ``0.5 A + 0.5 I``
+    renormalised, multiplied in layer order; tested against a transcription of the formula. Differs
+    only in reading the readout rows (row 0 for CLS models, as the reference) and in the ``heads``
+    option.
 
     Args:
         model: A `HookedViT`.

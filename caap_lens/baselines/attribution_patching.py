@@ -68,7 +68,10 @@ def attribution_patching(
     hook: str = "resid_pre",
     score: ScoreLike = "logit",
 ) -> MethodOutput:
-    """AtP estimate of CAAP(relative=True) for every patch, from one backward pass.
+    """AtP estimate of CAAP(relative=True) for every patch, from one backward pass (Nanda, 2023).
+
+    Nanda's AtP on CAAP's nodes (a patch's token over the window's layers); there is no reference
+    code for ViTs to differ from: it is tested against finite differences of the patched run.
 
     Args:
         model: A `HookedViT`.

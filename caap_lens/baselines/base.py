@@ -293,7 +293,10 @@ def caap_attribution(
     batch_size: int = 64,
     dtype: torch.dtype | None = None,
 ) -> MethodOutput:
-    """CAAP (`caap_lens.attribution.engine.caap`) in the baselines' call shape: its patch map, no pixels.
+    """CAAP (Izadi et al., 2026, arXiv 2603.13652) in the baselines' call shape: its patch map, no pixels.
+
+    `caap_lens.attribution.engine.caap` itself; the paper publishes no code, and the choices it leaves
+    open (context, hook, window, score) are the options below.
 
     Options are `caap`'s, for patch maps (regions and heads give other shapes: call `caap` itself).
 

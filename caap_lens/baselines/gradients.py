@@ -62,6 +62,10 @@ def token_gradcam(
 ) -> MethodOutput:
     """Grad-CAM over patch tokens at one hook point (Selvaraju et al., 2017; pytorch-grad-cam's ViT recipe).
 
+    Equal to pytorch-grad-cam's ``GradCAM(target_layers=[blocks[-1].norm1])`` raw CAM (tested); it
+    differs in returning the map on the patch grid, unscaled (pytorch-grad-cam min-max scales it and
+    resizes it to the input).
+
     Args:
         model: A `HookedViT`.
         images: Normalised images ``[batch, C, H, W]``.

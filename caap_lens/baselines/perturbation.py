@@ -78,7 +78,10 @@ def occlusion(
     score: ScoreLike = "logit",
     batch_size: int = 64,
 ) -> MethodOutput:
-    """Occlude one patch at a time with the context's pixels; map = score drop.
+    """Occlude one patch at a time with the context's pixels; map = score drop (Zeiler & Fergus, 2014).
+
+    Equal to Captum's ``FeatureAblation`` with one feature per patch and to its ``Occlusion`` with a
+    patch-sized window and stride (tested); Zeiler & Fergus slide a grey square at a finer stride.
 
     Args:
         model: A `HookedViT`.
@@ -187,6 +190,10 @@ def rise(
     batch_size: int = 64,
 ) -> MethodOutput:
     """RISE saliency (Petsiuk et al., 2018) with a CAAP image context for the removed pixels.
+
+    As RISE's ``explanations.py``: the same mask construction and ``Σ_i score_i M_i / (N p)``; it
+    differs in what removed pixels become (the reference multiplies the normalised image by the mask,
+    i.e. the ``"mean"`` context here, the default) and in seeding and chunking the masks.
 
     Masks are drawn once (seeded) and rendered ``batch_size`` at a time, so memory does not grow with
     ``n_masks`` and the result does not depend on ``batch_size``.
