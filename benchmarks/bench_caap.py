@@ -69,7 +69,7 @@ def sample_image(model: HookedViT) -> torch.Tensor:
         from caap_lens.loading.bundled import load_bundled_scenes, list_bundled
 
         if model.cfg.source in list_bundled() or model.cfg.image_size == (64, 64):
-            scenes = load_bundled_scenes(list_bundled()[0])
+            scenes = load_bundled_scenes("fashion-scenes-vit")
             return model.preprocess(scenes.images[0])
     except Exception:
         pass

@@ -43,7 +43,7 @@ def scenes():
 
 
 def test_listed_and_packaged():
-    assert list_bundled() == [NAME]
+    assert list_bundled() == ["fashion-scenes-dinov2", NAME]
     folder = importlib.resources.files("caap_lens") / "pretrained" / BUNDLED[NAME]
     for filename in ("model.safetensors", "config.json", "test_scenes.npz", "MODEL_CARD.md"):
         assert (folder / filename).is_file(), filename

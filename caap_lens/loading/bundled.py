@@ -21,7 +21,7 @@ needs Fashion-MNIST, see `caap_lens.data.fashion_mnist`).
 Example:
     >>> from caap_lens.loading.bundled import list_bundled, load_bundled, load_bundled_scenes
     >>> list_bundled()
-    ['fashion-scenes-vit']
+    ['fashion-scenes-dinov2', 'fashion-scenes-vit']
     >>> model = load_bundled("fashion-scenes-vit")
     >>> scenes = load_bundled_scenes("fashion-scenes-vit")
     >>> logits = model(model.preprocess(scenes.images[:4]))
@@ -53,7 +53,7 @@ def list_bundled() -> list[str]:
 
     Example:
         >>> list_bundled()
-        ['fashion-scenes-vit']
+        ['fashion-scenes-dinov2', 'fashion-scenes-vit']
     """
     return sorted(BUNDLED)
 
