@@ -315,7 +315,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
                 raise CLIError(f"--model {spec} is a folder, not a checkpoint file")
             if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
                 raise CLIError(
-                    f"--model {spec} is a file but not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}): give "
+                    f"cannot use --model {spec}: a file but not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}); give "
                     "a bundled model name, a timm model name, or a timm checkpoint file with --arch"
                 )
             if not args.arch:
