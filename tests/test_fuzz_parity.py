@@ -43,8 +43,11 @@ def vit_configs(draw: st.DrawFn) -> dict:
     patch = draw(st.sampled_from([2, 4, (2, 4), (4, 2)]))
     ph, pw = (patch, patch) if isinstance(patch, int) else patch
     grid_h, grid_w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    class_token = draw(st.booleans())
-    pools = ["avg", "max", "avgmax", "", "map", "prr"] + (["token", "token"] if class_token else [])
+    distilled = draw(st.sampled_from([False] * 7 + [True]))  # timm's VisionTransformerDistilled (DeiT)
+    class_token = distilled or draw(st.booleans())
+    pools = ["avg"] * 3 + ["max", "max", "avgmax", "avgmax", "", "map", "prr"] + (["token"] * 4 if class_token else [])
+    if distilled:
+        pools = ["token"]  # the only pooling timm's distilled model accepts
     kwargs = dict(
         img_size=(ph * grid_h, pw * grid_w),
         patch_size=patch,
@@ -68,23 +71,32 @@ def vit_configs(draw: st.DrawFn) -> dict:
         dynamic_img_size=draw(st.sampled_from([False, False, True])),
         act_layer=draw(st.sampled_from(SUPPORTED_ACTS + SUPPORTED_ACTS + UNSUPPORTED_ACTS)),
         # rarely drawn: options HookedViT does not model
-        qk_norm=draw(st.sampled_from([False] * 7 + [True])),
-        scale_attn_norm=draw(st.sampled_from([False] * 7 + [True])),
-        scale_mlp_norm=draw(st.sampled_from([False] * 7 + [True])),
-        pos_embed=draw(st.sampled_from(["learn"] * 7 + ["none"])),
+        qk_norm=draw(st.sampled_from([False] * 11 + [True])),
+        scale_attn_norm=draw(st.sampled_from([False] * 11 + [True])),
+        scale_mlp_norm=draw(st.sampled_from([False] * 11 + [True])),
+        pos_embed=draw(st.sampled_from(["learn"] * 11 + ["none"])),
         # no effect in eval mode
         drop_rate=draw(st.sampled_from([0.0, 0.1])),
         patch_drop_rate=draw(st.sampled_from([0.0, 0.25])),
     )
+    if distilled:
+        kwargs["distilled"] = True
     return kwargs
 
 
 def unsupported_options(kwargs: dict) -> set[str]:
     """The options of a config that HookedViT does not model: the words its refusal must contain."""
     out = set()
+    if kwargs.get("distilled"):
+        if kwargs["reg_tokens"]:
+            out.add("reg_tokens")
+        if kwargs["no_embed_class"]:
+            out.add("no_embed_class=True")
+        if kwargs["fc_norm"]:
+            out.add("fc_norm")
     if kwargs["global_pool"] in ("", "map", "prr"):
         out.add(f"global_pool={kwargs['global_pool']!r}")
-    if kwargs["pos_embed"] == "none":
+    if kwargs["pos_embed"] == "none" and not kwargs.get("distilled"):  # the distilled model makes its own
         out.add("pos_embed='none'")
     if kwargs["act_layer"] in UNSUPPORTED_ACTS:
         out.add("act_layer")
@@ -98,9 +110,13 @@ def check_config(kwargs: dict, seed: int = 0) -> str:
     """Builds, perturbs and converts one config; returns ``"converted"`` or ``"refused"``."""
     timm = get_timm()
     torch.manual_seed(seed)
-    vt = timm.models.vision_transformer.VisionTransformer
+    kwargs = dict(kwargs)
+    if kwargs.pop("distilled", False):
+        vt = timm.models.deit.VisionTransformerDistilled
+    else:
+        vt = timm.models.vision_transformer.VisionTransformer
     model = perturb_(vt(**kwargs).eval(), seed)
-    expected_refusal = unsupported_options(kwargs)
+    expected_refusal = unsupported_options({**kwargs, "distilled": vt.__name__ == "VisionTransformerDistilled"})
     try:
         hooked = from_timm(model)
     except UnsupportedModelError as err:
@@ -162,9 +178,11 @@ def test_fuzz_drew_both_outcomes():
         {"global_pool": "avg", "dynamic_img_size": True, "no_embed_class": True, "reg_tokens": 1},
         {"global_pool": "token", "in_chans": 1},
         {"global_pool": "token", "in_chans": 4, "mlp_ratio": 0.75},
+        {"global_pool": "token", "distilled": True, "num_classes": 0},
+        {"global_pool": "token", "distilled": True, "pos_embed": "none"},
     ],
     ids=["avg_prefix", "max_prefix_reg", "avgmax_nocls", "no_biases", "fc_norm_token", "dynamic",
-         "in_chans1", "in_chans4"],
+         "in_chans1", "in_chans4", "distilled_headless", "distilled_pos_embed_none"],
 )
 def test_named_configs_convert_exactly(overrides):
     """Fixed configs for options the probe found broken or that the fuzz might draw rarely."""
@@ -176,6 +194,21 @@ def test_named_configs_convert_exactly(overrides):
         scale_attn_norm=False, scale_mlp_norm=False, pos_embed="learn", drop_rate=0.0, patch_drop_rate=0.0,
     )
     assert check_config({**base, **overrides}) == "converted"
+
+
+@pytest.mark.parametrize(
+    "overrides,option",
+    [({"reg_tokens": 2}, "reg_tokens"), ({"no_embed_class": True}, "no_embed_class=True"),
+     ({"fc_norm": True}, "fc_norm")],
+    ids=["registers", "no_embed_class", "fc_norm"],
+)
+def test_distilled_options_timm_ignores_are_refused_by_name(overrides, option):
+    """timm's distilled ViT drops register tokens, cannot run no_embed_class and skips fc_norm."""
+    base = dict(img_size=(8, 8), patch_size=4, num_classes=5, embed_dim=16, depth=1, num_heads=2)
+    timm = get_timm()
+    model = perturb_(timm.models.deit.VisionTransformerDistilled(**base, **overrides).eval())
+    with pytest.raises(UnsupportedModelError, match=option):
+        from_timm(model)
 
 
 def test_fuzz_fits_the_fast_suite():

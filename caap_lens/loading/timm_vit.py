@@ -174,6 +174,17 @@ def _base_config(model: nn.Module, family: str, source: str) -> HookedViTConfig:
         raise _unsupported("the patch embedding has a norm (timm option embed_norm_layer)")
     if getattr(pe, "dynamic_img_pad", False):
         raise _unsupported("dynamic padding of the input (timm option dynamic_img_pad=True) is not supported")
+    if hasattr(model, "dist_token"):  # timm's VisionTransformerDistilled reads CLS and distillation tokens only
+        if getattr(model, "reg_token", None) is not None:
+            raise _unsupported(
+                "register tokens with a distillation token (timm option reg_tokens on a distilled model: "
+                "timm's distilled forward drops them) are not supported"
+            )
+        if model.no_embed_class:
+            raise _unsupported(
+                "no_embed_class=True on a distilled model (timm's VisionTransformerDistilled cannot run it: "
+                "its position embedding covers the prefix tokens) is not supported"
+            )
     if tuple(model.pos_embed.shape[1:]) != (
         pe.num_patches + (0 if model.no_embed_class else model.num_prefix_tokens),
         model.embed_dim,

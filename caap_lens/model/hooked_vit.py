@@ -279,6 +279,8 @@ class HookedViT(HookedRootModule):
         normed = self._final_norm(resid)
         pooled = self._pool(normed)
         if self.head is None:
+            if self.head_dist is None and self.cfg.pooling == "token_dist":  # headless distilled: as timm,
+                pooled = (pooled + self.hook_pooled_dist(normed[:, 1])) / 2  # the mean of both tokens
             return self.hook_logits(pooled)
         logits = self.head(pooled)
         if self.head_dist is not None:
