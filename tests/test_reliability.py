@@ -467,8 +467,15 @@ def render_doc(outcomes: dict[str, str]) -> str:
         words = ", ".join(f"`{w}`" if "`" not in w else w for w in case.words) or "—"
         rows.append(f"| `{case.id}` | {case.where} | {case.input} | {outcomes[case.id]} | {words} | {case.behaviour} |")
     from test_fuzz_parity import N_CONFIGS
+    from test_reliability_options import HOW, options_table
 
-    return _HEADER.replace("{n_configs}", str(N_CONFIGS)) + "\n".join(rows) + "\n"
+    options = (
+        "\n## timm `VisionTransformer` options\n\n"
+        "Every constructor option, audited by `tests/test_reliability_options.py` (a timm release that adds "
+        "one fails that test until it is audited): "
+        + "; ".join(f"**{k}**: {v}" for k, v in HOW.items()) + ".\n\n" + options_table()
+    )
+    return _HEADER.replace("{n_configs}", str(N_CONFIGS)) + "\n".join(rows) + "\n" + options
 
 
 def test_reliability_doc_is_current(tmp_path):

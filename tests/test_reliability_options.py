@@ -37,6 +37,39 @@ OPTIONS = {
     "dtype": "modelled",
 }
 
+HOW = {
+    "modelled": "read into the config; parity with timm tested",
+    "eval": "no effect in eval mode (dropout, patch dropout, weight init); converts exactly",
+    "refused": "values HookedViT does not model raise `UnsupportedModelError` naming the option",
+}
+REFUSED_VALUES = {
+    "qk_norm": "`True`", "scale_attn_norm": "`True`", "scale_mlp_norm": "`True`", "pos_embed": "`'none'`",
+    "dynamic_img_pad": "`True`", "embed_layer": "anything but timm's `PatchEmbed`",
+    "embed_norm_layer": "any norm", "norm_layer": "anything but LayerNorm (any eps)",
+    "act_layer": "anything but GELU, GELU-tanh, QuickGELU, ReLU", "block_fn": "anything but timm's `Block`",
+    "mlp_layer": "anything but timm's `Mlp`", "attn_layer": "anything but timm's `Attention`",
+}
+NOTES = {
+    "global_pool": "`'token'`, `'avg'`, `'max'`, `'avgmax'` modelled; `''`, `'map'`, `'prr'` refused",
+    "depth": "`0` refused", "pool_include_prefix": "modelled for the avg/max/avgmax pools",
+    "dynamic_img_size": "modelled at the model's own image size", "in_chans": "mean/std averaged over channels "
+    "when the pretrained config has another channel count",
+}
+
+
+def options_table() -> str:
+    """The audit as a Markdown table (rendered into docs/reliability.md by test_reliability.py)."""
+    rows = ["| option | handling | note |", "|---|---|---|"]
+    for name, how in OPTIONS.items():
+        note = NOTES.get(name) or (f"refused: {REFUSED_VALUES[name]}" if name in REFUSED_VALUES else "")
+        rows.append(f"| `{name}` | {how} | {note} |")
+    return "\n".join(rows) + "\n"
+
+
+def test_every_refused_option_says_which_values():
+    assert {n for n, how in OPTIONS.items() if how == "refused"} == set(REFUSED_VALUES)
+
+
 BASE = dict(
     img_size=(8, 12), patch_size=4, in_chans=3, num_classes=5, embed_dim=16, depth=2, num_heads=2,
     mlp_ratio=4.0, qkv_bias=True, proj_bias=True, init_values=None, class_token=True, no_embed_class=False,
