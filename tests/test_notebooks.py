@@ -22,6 +22,7 @@ EXPECTED = [
     "03_heads_and_circuits.ipynb",
     "04_caap_vs_baselines.ipynb",
     "05_your_own_timm_model.ipynb",
+    "06_real_dinov2_photos.ipynb",
 ]
 CELL_TIMEOUT_S = 600  # one cell; a whole notebook takes well under this on 2 CPU cores
 

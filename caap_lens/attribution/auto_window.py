@@ -133,8 +133,10 @@ def choose_window(
 ) -> AutoWindow:
     """Sweeps ``candidates`` (default `candidate_windows`) and picks each image's window by the criterion.
 
+    ``model``, ``images``, ``target``, ``context``, ``hook``, ``score``, ``batch_size``, ``dtype`` and
+    ``progress`` are as in `caap`.
+
     Args:
-        model, images, target, context, hook, score, batch_size, dtype, progress: As in `caap`.
         candidates: Windows to choose from.
         fractions: Shares of patches shown in the criterion's insertion steps, each in (0, 1].
 
