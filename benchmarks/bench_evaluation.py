@@ -116,7 +116,7 @@ def memory(sizes: list[int]) -> list[dict[str, Any]]:
     return out
 
 
-def costs(names: list[str], reps: int = 2) -> dict[str, Any]:
+def costs(names: list[str], reps: int = 2, forward_only: bool = False, batch_size: int = 32) -> dict[str, Any]:
     import torch
 
     from caap_lens import HookedViT
@@ -128,7 +128,7 @@ def costs(names: list[str], reps: int = 2) -> dict[str, Any]:
         model = HookedViT.from_timm(name)
         x = torch.randn(1, 3, 224, 224)
         t = torch.tensor([3])
-        batch = torch.randn(32, 3, 224, 224)
+        batch = torch.randn(batch_size, 3, 224, 224)
 
         def timed(fn: Any, n: int = reps) -> float:
             fn()
@@ -138,10 +138,14 @@ def costs(names: list[str], reps: int = 2) -> dict[str, Any]:
             return (time.perf_counter() - t0) / n
 
         with torch.no_grad():
-            fwd = timed(lambda: model(batch)) / 32
+            fwd = timed(lambda: model(batch)) / batch_size
         xb = batch[:8].clone().requires_grad_(True)
         fwd_bwd = timed(lambda: torch.autograd.grad(model(xb)[:, 0].sum(), xb)) / 8
         rec: dict[str, Any] = {"forward_s": fwd, "forward_backward_s": fwd_bwd, "methods_s": {}}
+        if forward_only:
+            out[name] = rec
+            print(f"  {name}: {json.dumps(rec)}", file=sys.stderr)
+            continue
         options = {"rise": {"n_masks": 64}, "integrated_gradients": {"n_steps": 8}, "occlusion": {}}
         for method in ("caap", "raw_attention", "rollout", "attention_gradcam", "gradient_weighted_attention",
                        "token_gradcam", "integrated_gradients", "attnlrp", "occlusion", "rise",
@@ -177,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", default="64,256,1024")
     p.add_argument("--models", default="vit_small_patch16_224,vit_base_patch16_224")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--forward-only", action="store_true", help="costs: forward and backward only, no methods")
+    p.add_argument("--batch-size", type=int, default=32, help="costs: images per timed forward pass")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     import torch
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.what in ("memory", "all"):
         result["memory"] = memory([int(s) for s in args.sizes.split(",")])
     if args.what in ("costs", "all"):
-        result["costs"] = costs(args.models.split(","))
+        result["costs"] = costs(args.models.split(","), forward_only=args.forward_only, batch_size=args.batch_size)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         old = json.loads(args.json.read_text()) if args.json.exists() else {}
