@@ -21,16 +21,17 @@ plan = Plan(
              MethodSpec("rollout"), MethodSpec("random")],  # "random": seeded uniform maps, a reference row
     metrics=["deletion", "insertion", "positive", "negative", "pointing", "energy", "auroc",
              "object_removal", "target_specificity"],   # metrics whose inputs a unit lacks are skipped, counted
-    targets="labelled",      # "labelled" | "predicted" | "all_present" (= labelled; masks of each) | "top2"...
+    targets="all_present",   # "all_present" (a unit per labelled class) | "labelled" (the first label) | "predicted"
     score="sigmoid",         # score of the metric curves / removal effects (any caap_lens score name)
     reference="caap",        # row for the paired differences (Holm-corrected)
-    chunk=16,                # (image, target) units per committed chunk = per batched method call
+    chunk=16,                # items per committed chunk; all their units share one batched call per method
 )
 plan.hash()                  # stable sha256 of everything that defines the numbers
 
-summary = evaluate(model, source, plan, "runs/cmp")      # any HookedViT; resumes by default;
+run = evaluate(model, source, plan, "runs/cmp")          # any HookedViT; resumes by default;
 # under torchrun / accelerate launch each rank takes a disjoint, deterministic slice of chunks and
-# writes only its own part files; rank 0 merges at the end (merge=True).
+# writes only its own part files; rank 0 merges at the end (merge=True) into run.results.
+# evaluate(..., shard=(rank, world)) runs one slice as an independent job (no process group).
 results = merge("runs/cmp")  # or: caap-lens evaluate --merge runs/cmp
 results.summary["caap"]["deletion"]        # {"mean", "lo", "hi", "n", "n_dropped", "n_skipped"}
 results.paired["rollout"]["deletion"]      # rollout − reference: mean diff, CI, p, p_holm, n

@@ -100,7 +100,7 @@ class Plan:
         perturbation_score: Score of Chefer's positive/negative curves; default ``score``.
         curve_steps: Deletion/insertion steps (default one patch per step).
         reference: Row the paired differences are taken against (default the first row).
-        chunk: (image, target) units per committed chunk (and per batched method call).
+        chunk: Items per committed chunk; the units of a chunk share one batched call per method row.
         batch_size: Images per forward pass inside metrics.
         seed: Seed of the ``random`` rows and of the bootstrap.
         save_maps: Also save every map (npz shards, by id) in the store.
