@@ -267,7 +267,8 @@ CASES: list[Case] = [
     # ---- silent wrong answers
     Case("pool_include_prefix", "from_timm", "`global_pool='avg', pool_include_prefix=True`", "works",
          "modelled: logits equal timm's bit for bit (were ~1 logit off)", _pool_include_prefix),
-    Case("threads", "caap", "five threads on one model: `caap` in fp32 and bf16, `model(x)`, `run_with_cache`", "works",
+    Case("threads", "caap", "seven threads on one model: `caap` in fp32 and bf16, `window_sweep`, `model(x)`, "
+         "`run_with_cache`, `run_with_hooks`", "works",
          "serialised by the model's re-entrant lock: every map equals its single-threaded map", _threads),
     Case("heads_float", "caap", "`heads=[1.7]`", "raises", "refused (patched head 1 and recorded 1.7)",
          _caap(heads=[1.7]), ValueError, ("heads must be indices", "not an int")),
@@ -499,6 +500,10 @@ def test_reliability_doc_is_in_the_site_nav():
 
 
 # ---------------------------------------------------------------------------------- threads
+def _halve(act: torch.Tensor, *, hook: Any) -> torch.Tensor:
+    return act * 0.5
+
+
 def check_threads_equal_single_threaded(n_threads: int = 3, rounds: int = 2) -> None:
     """Threads running fp32 CAAP, bf16 CAAP and plain forwards on one model agree with serial runs."""
     model = tiny()
@@ -509,6 +514,9 @@ def check_threads_equal_single_threaded(n_threads: int = 3, rounds: int = 2) -> 
         jobs.append(lambda x=x, dtype=dtype: caap(model, x, target=1, layers=(0, 2), batch_size=3, dtype=dtype).map)
     jobs.append(lambda: torch.stack([model(xs[0]) for _ in range(4)]))  # plain forwards amid patching
     jobs.append(lambda: model.run_with_cache(xs[1])[1]["resid_pre", 1])
+    jobs.append(lambda: window_sweep(model, xs[2 % len(xs)], target=2, batch_size=2).maps)
+    jobs.append(lambda: torch.stack([model.run_with_hooks(xs[0], fwd_hooks=[("blocks.1.hook_resid_pre", _halve)])
+                                     for _ in range(3)]))
     expected = [job() for job in jobs]
     results: dict[tuple[int, int], Any] = {}
     barrier = threading.Barrier(len(jobs))

@@ -328,7 +328,7 @@ def caap(
     if isinstance(layers, str) and layers == "auto":  # per-image window by an insertion criterion
         from caap_lens.attribution.auto_window import caap_auto  # auto_window builds on this module
 
-        if region is not None or heads is not None or per_layer or fwd_hooks:
+        if region is not None or check_heads(heads, model.cfg.n_heads) is not None or per_layer or fwd_hooks:
             raise ValueError("layers='auto' chooses among whole-patch maps: it does not combine with region, "
                              "heads, per_layer or fwd_hooks; pick a window for those")
         return caap_auto(model, images, target, context=context, hook=hook, score=score, relative=relative,
