@@ -185,6 +185,13 @@ def _scalar_score(tmp: Path) -> Any:
     return caap(tiny(), images(), target=0, layers=(0, 1), score=total_logit)
 
 
+def _logit_diff(other: Any, run: bool = False) -> Any:
+    from caap_lens.attribution.scores import logit_diff
+
+    score = logit_diff(other)
+    return caap(tiny(), images(), target=0, layers=(0, 1), score=score) if run else score
+
+
 def _headless_target(tmp: Path) -> Any:
     return caap(headless(), images(), target=87, layers=(0, 1))
 
@@ -324,6 +331,11 @@ CASES: list[Case] = [
          ("empty batch", "at least one image")),
     Case("score_scalar", "caap", "a score callable returning one scalar", "raises", "clear error (reshape error)",
          _scalar_score, ValueError, ("one value per row",)),
+    Case("logit_diff_float", "scores", "`logit_diff(2.5)`", "raises", "refused (an IndexError at run time)",
+         lambda tmp: _logit_diff(2.5), ValueError, ("class index",)),
+    Case("logit_diff_range", "caap", "`score=logit_diff(1000)` on a 1000-class model",
+         "raises", "says the range (was an IndexError)", lambda tmp: _logit_diff(1000, run=True), ValueError,
+         ("out of range",)),
     Case("headless_target", "caap", "`target=87` on a headless model", "raises",
          "refused: it would pick feature channel 87", _headless_target, ValueError,
          ("headless", "embedding_similarity")),

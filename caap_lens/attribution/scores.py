@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Union
 
 import torch
@@ -68,8 +69,13 @@ def margin(output: Float[Tensor, "rows n_out"], target: Int[Tensor, " rows"]) ->
 
 def logit_diff(other: int) -> Score:
     """A score: target logit minus the logit of class ``other``."""
+    if isinstance(other, bool) or not isinstance(other, numbers.Integral) or other < 0:
+        raise ValueError(f"logit_diff(other) needs a class index (an int >= 0), got {other!r}")
+    other = int(other)
 
     def logit_difference(output: Tensor, target: Tensor) -> Tensor:
+        if other >= output.shape[-1]:
+            raise ValueError(f"logit_diff(other={other}) is out of range for {output.shape[-1]} classes")
         return _pick(output.float(), target) - output.float()[:, other]
 
     logit_difference.__name__ = f"logit_diff(other={other})"
