@@ -38,7 +38,7 @@ def test_plans():
     assert len({m.name for m in grid.methods}) == len(grid.methods)
 
 
-def test_page_on_two_bundled_scenes(tmp_path):
+def _need_bundled():
     try:
         from caap_lens.loading.bundled import bundled_path
 
@@ -46,17 +46,20 @@ def test_page_on_two_bundled_scenes(tmp_path):
         bundled_path("fashion-scenes-vit", "test_scenes.npz")
     except (ImportError, FileNotFoundError) as err:
         pytest.skip(f"no bundled model: {err}")
+
+
+def test_page_on_two_bundled_scenes(tmp_path):
+    _need_bundled()
     cm = _load_script()
     out, js = tmp_path / "results.md", tmp_path / "results.json"
-    args = ["--limit", "2", "--methods", "caap,rollout,rise", "--rise-masks", "8", "--grid-limit", "1",
-            "--grid-steps", "2", "--threads", "1", "--store", str(tmp_path / "store"), "--out", str(out),
-            "--json", str(js)]
+    args = ["--limit", "2", "--methods", "caap,rollout,rise", "--rise-masks", "8", "--skip-grid",
+            "--threads", "1", "--store", str(tmp_path / "store"), "--out", str(out), "--json", str(js)]
     result = cm.main(args)
     text = out.read_text()
     for section in ("## Setup", "## Main table", "## Paired differences against `caap`",
-                    "## Ranks with 95% bootstrap intervals", "## CAAP's rank per metric",
-                    "window × neutral context", "## Reading the table"):
+                    "## Ranks with 95% bootstrap intervals", "## CAAP's rank per metric", "## Reading the table"):
         assert section in text, section
+    assert "window × neutral context" not in text and result["grid"] is None
     assert "**Subset run**" in text and "--limit 2" in text and "sigmoid probability" in text
     n_units = result["main"]["meta"]["units"]
     assert n_units >= 2
@@ -67,3 +70,18 @@ def test_page_on_two_bundled_scenes(tmp_path):
     # a second call resumes: nothing is computed again, the page is the same but for the timing line
     again = cm.main(args)
     assert again["main"]["summary"] == result["main"]["summary"]
+
+
+@pytest.mark.slow
+def test_grid_section_on_one_bundled_scene(tmp_path):
+    """The window x context rows (50 CAAP settings on a 4-block model) and their tables."""
+    _need_bundled()
+    cm = _load_script()
+    out = tmp_path / "results.md"
+    result = cm.main(["--limit", "1", "--methods", "caap,rollout", "--grid-limit", "1", "--grid-steps", "2",
+                      "--threads", "1", "--store", str(tmp_path / "store"), "--out", str(out)])
+    text = out.read_text()
+    assert "## CAAP's open choices: window × neutral context" in text
+    assert text.count("window \\ context") == len(cm.GRID_METRICS)
+    assert len(result["grid"]["rows"]) == 10 * len(cm.GRID_CONTEXTS)
+    assert "(default)" in text
