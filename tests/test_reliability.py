@@ -192,6 +192,12 @@ def _logit_diff(other: Any, run: bool = False) -> Any:
     return caap(tiny(), images(), target=0, layers=(0, 1), score=score) if run else score
 
 
+def _embeddings(n: int) -> Any:
+    from caap_lens.attribution.scores import embedding_similarity
+
+    return embedding_similarity(torch.randn(n, 192, generator=torch.Generator().manual_seed(0)))
+
+
 def _headless_target(tmp: Path) -> Any:
     return caap(headless(), images(), target=87, layers=(0, 1))
 
@@ -336,6 +342,10 @@ CASES: list[Case] = [
     Case("logit_diff_range", "caap", "`score=logit_diff(1000)` on a 1000-class model",
          "raises", "says the range (was an IndexError)", lambda tmp: _logit_diff(1000, run=True), ValueError,
          ("out of range",)),
+    Case("embedding_range", "caap", "`score=embedding_similarity(E)` with a target beyond `E`'s rows", "raises",
+         "says the range (was an IndexError)", lambda tmp: caap(headless(), images(), target=[0, 3], layers=(0, 1),
+                                                               score=_embeddings(3)), ValueError,
+         ("targets index the 3 embeddings",)),
     Case("headless_target", "caap", "`target=87` on a headless model", "raises",
          "refused: it would pick feature channel 87", _headless_target, ValueError,
          ("headless", "embedding_similarity")),

@@ -92,6 +92,11 @@ def embedding_similarity(embeddings: Float[Tensor, "n_targets d_out"]) -> Score:
             raise ValueError(
                 f"output width {output.shape[-1]} does not match embedding width {embeddings.shape[-1]}"
             )
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= embeddings.shape[0]):
+            raise ValueError(
+                f"targets index the {embeddings.shape[0]} embeddings, got indices "
+                f"{int(target.min())}..{int(target.max())}"
+            )
         ref = embeddings.to(output.device, torch.float32)[target.long()]
         return F.cosine_similarity(output.float(), ref, dim=-1)
 
