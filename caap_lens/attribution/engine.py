@@ -101,6 +101,21 @@ def check_batch_size(batch_size: Any) -> int:
     return value
 
 
+def _check_fwd_hooks(model: Any, fwd_hooks: Any) -> None:
+    """``fwd_hooks`` as TransformerLens takes them: ``(hook name or name filter, fn)`` pairs, names known."""
+    names = getattr(model, "hook_dict", None)
+    for item in fwd_hooks:
+        if not isinstance(item, (tuple, list)) or len(item) != 2 or not callable(item[1]):
+            raise ValueError(f"fwd_hooks must be (hook name, fn) pairs as in run_with_hooks, got {item!r}")
+        name = item[0]
+        if isinstance(name, str) and names is not None and name not in names:
+            close = [n for n in names if name.split(".")[-1] in n][:3]
+            hint = f"; e.g. {', '.join(close)}" if close else ""
+            raise ValueError(f"fwd_hooks names unknown hook point {name!r} (see model.hook_dict){hint}")
+        if not isinstance(name, str) and not callable(name):
+            raise ValueError(f"a fwd_hooks name must be a hook-point name or a filter fn(name) -> bool, got {name!r}")
+
+
 def _score_values(fn: Any, name: str, output: Tensor, targets: Tensor) -> Tensor:
     """One score per row from ``fn(output, targets)``, or a clear error about what it returned."""
     values = fn(output, targets)
@@ -198,6 +213,7 @@ def _patched_scores(
     if not windows:
         raise ValueError("no windows given")
     hook = resolve_hook(hook)
+    _check_fwd_hooks(model, fwd_hooks)
     heads = check_heads(heads, model.cfg.n_heads)
     if heads is not None and hook != "z":
         raise ValueError(f"per-head maps patch attn.hook_z; got hook={hook!r} (use hook='z' or leave it unset)")

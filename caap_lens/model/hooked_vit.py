@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import operator
 import threading
 from typing import Any, Iterator, Literal, Sequence
 
@@ -206,6 +207,13 @@ class HookedViT(HookedRootModule):
         if layer is None:
             return default
         n = self.cfg.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            try:
+                layer = operator.index(layer)  # numpy ints; 2.5 or True is not a layer
+            except TypeError:
+                raise ValueError(f"{name} must be an int layer index, got {layer!r}") from None
+            if isinstance(layer, bool):
+                raise ValueError(f"{name} must be an int layer index, got {layer!r}")
         index = layer + n if layer < 0 else layer
         if not 0 <= index <= n:
             raise ValueError(f"{name}={layer} is outside [-{n}, {n}] for a {n}-layer model")
