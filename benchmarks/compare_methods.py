@@ -110,11 +110,11 @@ def caap_rank_lines(r: Any) -> list[str]:
     from caap_lens.evaluation.metrics import METRICS
     from caap_lens.evaluation.report import fmt_ci
 
-    if "caap" not in r.ranks.get(r.metrics[0], {}):
+    if "caap" not in next(iter(r.ranks.values()), {}):
         return []
-    n = len(r.ranks[r.metrics[0]])
+    n = len(next(iter(r.ranks.values())))
     lines = []
-    for k in r.metrics:
+    for k in [m for m in r.metrics if m in r.ranks]:
         rk = r.ranks[k]
         if all(math.isnan(r.summary[m][k]["mean"]) for m in rk):
             continue
@@ -183,10 +183,10 @@ def reading_lines(r: Any) -> list[str]:
     from caap_lens.evaluation.metrics import METRICS
 
     lines: list[str] = []
-    if "caap" not in r.ranks.get(r.metrics[0], {}):
+    if "caap" not in next(iter(r.ranks.values()), {}):
         return lines
-    scored = [k for k in r.metrics if not all(math.isnan(r.summary[m][k]["mean"]) for m in r.ranks[k])]
-    ranked = list(r.ranks[r.metrics[0]])
+    scored = [k for k in r.metrics if k in r.ranks]
+    ranked = list(next(iter(r.ranks.values())))
     wins = [k for k in scored if r.ranks[k]["caap"]["rank"] == 1]
     lines.append(f"CAAP has the best mean of {len(ranked)} methods on {len(wins)} of {len(scored)} metrics"
                  + (": " + ", ".join(METRICS[k].label for k in wins) if wins else "") + ".")
@@ -389,6 +389,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - t0, "ranks": dist.world, "resumed": resumed, "shared": args.shared,
         "subset": (f"first {args.limit} of {len(source)} bundled scenes" if args.limit else None),
     }
+    if args.render_only and args.json and args.json.exists():  # keep the computing run's own record
+        old = json.loads(args.json.read_text()).get("meta", {})
+        meta.update({k: old[k] for k in ("command", "date", "wall_seconds", "ranks", "threads", "resumed", "shared")
+                     if k in old})
     markdown = render_markdown(main_results, grid_results, meta)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown)

@@ -104,13 +104,14 @@ def paired_rows(results: Any) -> tuple[list[str], list[list[str]]]:
 
 
 def rank_rows(results: Any) -> tuple[list[str], list[list[str]]]:
-    header = ["method"] + [f"{METRICS[k].label}" for k in results.metrics] + ["mean rank"]
+    ranked_metrics = [k for k in results.metrics if k in results.ranks]
+    header = ["method"] + [f"{METRICS[k].label}" for k in ranked_metrics] + ["mean rank"]
     rows = []
     ranked = list(next(iter(results.ranks.values()), {}))
     for row in ranked:
         cells = [_label(results, row)]
         rs = []
-        for k in results.metrics:
+        for k in ranked_metrics:
             r = results.ranks[k][row]
             rs.append(r["rank"])
             cells.append(f"{r['rank']:g} [{r['lo']:g}, {r['hi']:g}]")
@@ -184,7 +185,7 @@ def figures(results: Any) -> list[Any]:
         figs.append(fig)
     if results.ranks:
         fig = go.Figure()
-        for k in results.metrics:
+        for k in [m for m in results.metrics if m in results.ranks]:
             per = results.ranks[k]
             names = list(per)
             fig.add_trace(go.Scatter(

@@ -351,6 +351,8 @@ def merge(store_dir: str | Path, *, write: bool = False, n_boot: int = 1000) -> 
         for k in metrics:
             direction = METRICS[k].direction
             mat = np.stack([values[row][k] for row in ranked])  # [rows, units]
+            if not np.isfinite(mat).any():
+                continue  # nothing scored (e.g. every unit skipped): no ranks, not "all tied"
             with np.errstate(all="ignore"):
                 full = np.array([np.nanmean(x) if np.isfinite(x).any() else np.nan for x in mat])
                 observed = _ranks_of(full[None], direction)[0]
@@ -358,7 +360,8 @@ def merge(store_dir: str | Path, *, write: bool = False, n_boot: int = 1000) -> 
                 counts = (~np.isnan(mat))[:, boot_idx].sum(-1)
                 boot_means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).T  # [n_boot, rows]
             boot = _ranks_of(boot_means, direction)
-            lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+            lo = np.percentile(boot, 2.5, axis=0, method="lower")  # ranks that occurred, not interpolated
+            hi = np.percentile(boot, 97.5, axis=0, method="higher")
             ranks[k] = {row: {"rank": float(observed[i]), "lo": float(lo[i]), "hi": float(hi[i])}
                         for i, row in enumerate(ranked)}
     with np.errstate(all="ignore"):
