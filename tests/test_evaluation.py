@@ -185,7 +185,8 @@ def test_truncated_part_is_detected_and_redone(model, tmp_path):
     parts[1].write_bytes(b"garbage")  # and a corrupt one
     lines: list[str] = []
     again = evaluate(model, source, plan, tmp_path / "s", progress=False, log=lines.append)
-    assert sum("corrupt" in line for line in lines) == 2
+    assert sum("corrupt" in line for line in lines) == 3  # two reports and the summary line
+    assert len(again.corrupt) == 2 and "2 corrupt part(s) redone" in again.line()
     assert again.chunks_done == 2 and again.chunks_skipped == 0
     assert len(list((tmp_path / "s" / "corrupt").iterdir())) == 2
     assert table_of(again.results) == table_of(first.results)
@@ -346,3 +347,16 @@ def test_cli_evaluate_runs_resumes_and_refuses_another_plan(tmp_path, capsys):
     assert len(err) == 1 and "written under plan" in err[0]
     assert main(["evaluate", str(store), "--merge", "--out", str(tmp_path / "tables")]) == 0
     assert (tmp_path / "tables" / "results.md").read_text().count("|") > 10
+
+
+def test_maps_saved_by_id(model, tmp_path):
+    source = SceneSource(FakeScenes(3), name="fake")
+    evaluate(model, source, plan_for(save_maps=True, metrics=["pointing"]), tmp_path / "s", progress=False,
+             log=lambda s: None)
+    shards = sorted((tmp_path / "s" / "maps").glob("*.npz"))
+    assert len(shards) == 2  # one per committed chunk
+    keys = [k for p in shards for k in np.load(p).files]
+    assert len(keys) == 4 * len(METHODS) and all(k.count("|") == 2 for k in keys)  # 4 units x 3 rows
+    one = np.load(shards[0])
+    key = next(k for k in one.files if k.startswith("caap|fake/0|"))
+    assert one[key].shape == tuple(model.grid.grid_size)

@@ -340,6 +340,7 @@ def evaluate(
                                "fingerprint": fingerprint(source)},
                     "model": model_fingerprint(model)}
         error = None
+        found_corrupt: dict[str, str] = {}
         if dist.rank == 0 or dist.manual:
             try:
                 if not resume and store.part_files():
@@ -348,6 +349,7 @@ def evaluate(
                 store.create_or_check(manifest, create=True)
                 report = store.scan(plan_hash)
                 if report.corrupt and dist.rank == 0:
+                    found_corrupt = dict(report.corrupt)
                     for name, why in report.corrupt.items():
                         log(f"store: part {name} is corrupt ({why}); moved to corrupt/, its items are redone")
                     store.quarantine(list(report.corrupt))
@@ -361,7 +363,7 @@ def evaluate(
             store.create_or_check(manifest, create=False)
         store.remove_own_temporaries(dist.rank)
         report = store.scan(plan_hash)
-        summary.corrupt = dict(report.corrupt)
+        summary.corrupt = found_corrupt or dict(report.corrupt)
         done = {i for items in report.items.values() for i in items}
         dist.barrier()  # every rank has read the store before any writes
 
