@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +96,60 @@ def grid_plan(n_layers: int, *, limit: int | None = 50, chunk: int = 16, curve_s
             for w in grid_windows(n_layers) for c in GRID_CONTEXTS]
     return Plan(methods=tuple(rows), metrics=GRID_METRICS, targets="all_present", score="sigmoid", chunk=chunk,
                 curve_steps=curve_steps, reference=grid_row(tuple(default_window(n_layers)), "mean"), limit=limit)
+
+
+# ------------------------------------------------------------- whole-model checks (not per unit)
+SANITY_METHODS = ("caap", "token_gradcam", "integrated_gradients", "rollout")
+
+
+def scene_pairs(model: Any, source: Any, limit: int | None = None) -> tuple[Any, Any]:
+    """Images ``[P, C, H, W]`` and targets ``[P]``: one pair per (scene, class present), in the plan's order."""
+    import torch
+
+    images, targets = [], []
+    n = len(source) if limit is None else min(limit, len(source))
+    for i in range(n):
+        item = source[i]
+        for t in item.targets:
+            images.append(item.image)
+            targets.append(int(t))
+    return model.preprocess(np.stack(images)), torch.tensor(targets)
+
+
+def run_fidelity(model: Any, images: Any, targets: Any, window: Sequence[int], chunk: int = 32) -> dict[str, Any]:
+    """`caap_lens.baselines.fidelity` (AtP vs exact CAAP, context mean, logit score) over every pair."""
+    import torch
+
+    from caap_lens.baselines import fidelity
+    from caap_lens.evaluation.tables import ci_cell
+
+    rho, r, caap_s, atp_s = [], [], 0.0, 0.0
+    for s in range(0, len(targets), chunk):
+        f = fidelity(model, images[s:s + chunk], targets[s:s + chunk], layers=tuple(window))
+        rho.append(f["spearman"].double())
+        r.append(f["pearson"].double())
+        caap_s += f["caap"].seconds
+        atp_s += f["atp"].seconds
+    return {"window": list(window), "spearman": ci_cell(torch.cat(rho).numpy()),
+            "pearson": ci_cell(torch.cat(r).numpy()), "speedup": caap_s / max(atp_s, 1e-12)}
+
+
+def run_sanity(model: Any, images: Any, targets: Any, options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Adebayo et al.'s cascading randomisation (`caap_lens.metrics.randomisation_check`) per method."""
+    from caap_lens.baselines import METHODS, attribute
+    from caap_lens.metrics import randomisation_check
+
+    out: dict[str, Any] = {}
+    for name in (m for m in SANITY_METHODS if m in METHODS and m in options):  # the plan's own rows
+        opts = options.get(name, {})
+
+        def fn(m: Any, x: Any, t: Any, name: str = name, opts: dict = opts) -> Any:
+            return attribute(name, m, x, t, **opts).map
+
+        rep = randomisation_check(fn, model, images, targets)
+        out[name] = {"from_layers": [str(v) for v in rep["from_layers"]],
+                     "mean_spearman": [float(v) for v in rep["mean_spearman"]], "threshold": rep["threshold"]}
+    return out
 
 
 # ----------------------------------------------------------------------------------- rendering
@@ -295,6 +351,28 @@ def render_markdown(main: Any, grid: Any | None, meta: dict[str, Any]) -> str:
             "Note: picking the best cell on the same scenes it is scored on is selection, not a held-out result.", "",
             *[t + "\n" for t in grid_tables(grid, meta["n_layers"])],
         ]
+    fid = meta.get("fidelity")
+    if fid:
+        from caap_lens.evaluation.report import fmt_ci
+
+        parts += ["## Attribution patching vs exact CAAP", "",
+                  f"`caap_lens.baselines.fidelity` on every (scene, target) pair, window {tuple(fid['window'])}, "
+                  f"context `mean`, logit score: Spearman {fmt_ci(fid['spearman'])}, Pearson "
+                  f"{fmt_ci(fid['pearson'])}; AtP takes 1/{fid['speedup']:.1f} of exact CAAP's time.", ""]
+    sanity = meta.get("sanity")
+    if sanity:
+        from caap_lens.evaluation.report import table
+
+        stages = next(iter(sanity.values()))["from_layers"]
+        header = ["method"] + [("head only" if st == str(meta["n_layers"]) else
+                                ("+ embedding" if not st.isdigit() else f"blocks ≥ {st}")) for st in stages]
+        parts += ["## Model-randomisation sanity check", "",
+                  f"Adebayo et al. 2018, cascading (`caap_lens.metrics.randomisation_check`): weights re-initialised "
+                  f"from the top down, the head at every stage, on the first {meta['sanity_pairs']} pairs. Mean "
+                  "Spearman correlation between the maps of the trained and the randomised model (lower = the map "
+                  "depends more on the weights):", "",
+                  table(header, [[f"`{m}`"] + [fmt(v, 2) for v in rep["mean_spearman"]] for m, rep in sanity.items()]),
+                  ""]
     parts += ["## Reading the table", "", "*Generated from the numbers above.*", "",
               *[f"- {line}" for line in reading_lines(main)], ""]
     return "\n".join(parts)
@@ -332,6 +410,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid-limit", type=int, default=50, help="scenes in the grid")
     p.add_argument("--grid-steps", type=int, default=16, help="deletion/insertion steps in the grid (0: one per patch)")
     p.add_argument("--render-only", action="store_true", help="render from the stores as they are (no compute)")
+    p.add_argument("--sanity-pairs", type=int, default=12, help="pairs for the randomisation check (0 skips it)")
+    p.add_argument("--skip-fidelity", action="store_true", help="skip AtP vs exact CAAP")
     p.add_argument("--shared", action="store_true", help="note in the page that the machine was shared")
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
@@ -389,6 +469,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - t0, "ranks": dist.world, "resumed": resumed, "shared": args.shared,
         "subset": (f"first {args.limit} of {len(source)} bundled scenes" if args.limit else None),
     }
+    t_extra = time.perf_counter()
+    if not args.skip_fidelity or args.sanity_pairs > 0:
+        images, targets = scene_pairs(model, source, args.limit)
+        if not args.skip_fidelity:
+            meta["fidelity"] = run_fidelity(model, images, targets, default_window(n_layers))
+        if args.sanity_pairs > 0:
+            k = min(args.sanity_pairs, len(targets))
+            meta["sanity"] = run_sanity(model, images[:k], targets[:k],
+                                        {s.name: s.call_options() for s in plan.methods})
+            meta["sanity_pairs"] = k
+    meta["extras_seconds"] = time.perf_counter() - t_extra
     if args.render_only and args.json and args.json.exists():  # keep the computing run's own record
         old = json.loads(args.json.read_text()).get("meta", {})
         meta.update({k: old[k] for k in ("command", "date", "wall_seconds", "ranks", "threads", "resumed", "shared")

@@ -52,14 +52,18 @@ def test_page_on_two_bundled_scenes(tmp_path):
     _need_bundled()
     cm = _load_script()
     out, js = tmp_path / "results.md", tmp_path / "results.json"
-    args = ["--limit", "2", "--methods", "caap,rollout,rise", "--rise-masks", "8", "--skip-grid",
+    args = ["--limit", "2", "--methods", "caap,rollout,rise", "--rise-masks", "8", "--skip-grid", "--sanity-pairs", "2",
             "--threads", "1", "--store", str(tmp_path / "store"), "--out", str(out), "--json", str(js)]
     result = cm.main(args)
     text = out.read_text()
     for section in ("## Setup", "## Main table", "## Paired differences against `caap`",
-                    "## Ranks with 95% bootstrap intervals", "## CAAP's rank per metric", "## Reading the table"):
+                    "## Ranks with 95% bootstrap intervals", "## CAAP's rank per metric",
+                    "## Attribution patching vs exact CAAP", "## Model-randomisation sanity check",
+                    "## Reading the table"):
         assert section in text, section
     assert "window × neutral context" not in text and result["grid"] is None
+    assert set(result["meta"]["sanity"]) == {"caap", "rollout"}  # the plan's rows among the sanity methods
+    assert -1 <= result["meta"]["fidelity"]["spearman"]["mean"] <= 1
     assert "**Subset run**" in text and "--limit 2" in text and "sigmoid probability" in text
     n_units = result["main"]["meta"]["units"]
     assert n_units >= 2
@@ -79,7 +83,7 @@ def test_grid_section_on_one_bundled_scene(tmp_path):
     cm = _load_script()
     out = tmp_path / "results.md"
     result = cm.main(["--limit", "1", "--methods", "caap,rollout", "--grid-limit", "1", "--grid-steps", "2",
-                      "--threads", "1", "--store", str(tmp_path / "store"), "--out", str(out)])
+                      "--sanity-pairs", "0", "--skip-fidelity", "--threads", "1", "--store", str(tmp_path / "store"), "--out", str(out)])
     text = out.read_text()
     assert "## CAAP's open choices: window × neutral context" in text
     assert text.count("window \\ context") == len(cm.GRID_METRICS)
