@@ -114,6 +114,26 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert tc["meta"]["items_done"] == tc["meta"]["items_expected"] == 5
 
 
+@pytest.mark.slow
+def test_cli_under_torchrun_equals_one_process(tmp_path):
+    """`torchrun -m caap_lens evaluate` on the bundled model: per-unit values bit for bit as one process."""
+    try:
+        from caap_lens.loading.bundled import bundled_path
+
+        bundled_path("fashion-scenes-vit", "test_scenes.npz")
+    except (ImportError, FileNotFoundError) as err:
+        pytest.skip(f"no bundled model: {err}")
+    flags = ["--methods", "caap,rollout,random", "--metrics", "deletion,pointing", "--curve-steps", "2",
+             "--limit", "3", "--chunk", "1", "--no-progress"]
+    one = _run([sys.executable, "-m", "caap_lens", "evaluate", str(tmp_path / "one"), *flags])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "caap_lens", "evaluate", str(tmp_path / "two"), *flags])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "rank 0/2" in two.stderr and "rank 1/2" in two.stderr
+    assert _tables(tmp_path / "one") == _tables(tmp_path / "two")
+
+
 if __name__ == "__main__":
     stores = sys.argv[1].split(",")
     counts = [int(x) for x in sys.argv[2].split(",")]
