@@ -97,7 +97,7 @@ def paired_rows(results: Any) -> tuple[list[str], list[list[str]]]:
             c = per[k]
             p = c.get("p_holm", math.nan)
             mark = " *" if c.get("significant") else ""
-            cells.append(f"{fmt_ci(c)}, p_Holm {fmt(p, 3) if p >= 0.001 else f'{p:.0e}'}{mark}"
+            cells.append(f"{fmt_ci(c)}, p_Holm {fmt(p, 3) if p >= 0.001 else '< 0.001'}{mark}"
                          if not math.isnan(p) else fmt_ci(c))
         rows.append(cells)
     return header, rows
@@ -158,6 +158,8 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         t = _html.escape(text)
         if t.startswith("**") and t.endswith("**"):
             t = f"<b>{t[2:-2]}</b>"
+        elif t.startswith("*") and t.endswith("*") and len(t) > 2:
+            t = f"<i>{t[1:-1]}</i>"
         t = t.replace("`", "")
         return f"<{tag}>{t}</{tag}>"
 
