@@ -80,7 +80,7 @@ def plan_for(**kw) -> Plan:
 
 def table_of(results) -> dict:
     d = results.to_dict(per_unit=True)
-    d["meta"] = {k: v for k, v in d["meta"].items() if k not in ("store", "parts")}
+    d["meta"] = {k: v for k, v in d["meta"].items() if k not in ("store", "parts", "code_versions")}
     d.pop("seconds_per_unit")
     return d
 
@@ -360,3 +360,22 @@ def test_maps_saved_by_id(model, tmp_path):
     one = np.load(shards[0])
     key = next(k for k in one.files if k.startswith("caap|fake/0|"))
     assert one[key].shape == tuple(model.grid.grid_size)
+
+
+def test_code_versions_are_recorded_and_counted(model, tmp_path, monkeypatch):
+    import caap_lens.evaluation.execution as ex
+
+    source = SceneSource(FakeScenes(4), name="fake")
+    plan = plan_for(metrics=["pointing"])
+
+    def crash(done):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, source, plan, tmp_path / "s", progress=False, log=lambda s: None, after_chunk=crash)
+    monkeypatch.setattr(ex, "_CODE", "0123456789abcdef")  # as if the library had been edited in between
+    lines: list[str] = []
+    run = evaluate(model, source, plan, tmp_path / "s", progress=False, log=lines.append)
+    assert any("started under caap_lens code" in line for line in lines)
+    assert len(run.results.meta["code_versions"]) == 2
+    assert "versions of the caap_lens code" in run.results.to_markdown()

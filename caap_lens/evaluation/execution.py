@@ -97,6 +97,26 @@ def model_fingerprint(model: Any) -> dict[str, Any]:
             "fingerprint": h.hexdigest()[:16]}
 
 
+_CODE: str | None = None
+
+
+def code_fingerprint() -> str:
+    """sha256 (16 hex) of every ``caap_lens/**/*.py`` file: which library code computed a part.
+
+    The plan hash says *what* was computed; this says *with which code*. A store resumed under other
+    code is not refused (an unrelated edit changes it too) but the run says so and the tables count
+    the code versions they merge.
+    """
+    global _CODE
+    if _CODE is None:
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+        _CODE = h.hexdigest()[:16]
+    return _CODE
+
+
 def _unit_seed(item_id: str, target: int, row: str, seed: int) -> int:
     return int(hashlib.sha256(f"{seed}|{row}|{item_id}|{target}".encode()).hexdigest()[:15], 16)
 
@@ -338,7 +358,7 @@ def evaluate(
         manifest = {"format": FORMAT, "plan_hash": plan_hash, "plan": plan.to_dict(),
                     "source": {"name": getattr(source, "name", type(source).__name__), "n": len(source),
                                "fingerprint": fingerprint(source)},
-                    "model": model_fingerprint(model)}
+                    "model": model_fingerprint(model), "code": code_fingerprint()}
         error = None
         found_corrupt: dict[str, str] = {}
         if dist.rank == 0 or dist.manual:
@@ -346,7 +366,10 @@ def evaluate(
                 if not resume and store.part_files():
                     raise StoreError(f"store {store.path} already has results and resume is off: "
                                      "use a new directory")
-                store.create_or_check(manifest, create=True)
+                found = store.create_or_check(manifest, create=True)
+                if found.get("code") not in (None, manifest["code"]) and store.part_files():
+                    log(f"store: started under caap_lens code {found.get('code')}, this is {manifest['code']}; "
+                        "the new parts are computed with this code and the tables count the code versions")
                 report = store.scan(plan_hash)
                 if report.corrupt and dist.rank == 0:
                     found_corrupt = dict(report.corrupt)
@@ -390,7 +413,8 @@ def evaluate(
                 {name: [] for name in _schema(plan).names}, {})
             t0 = time.perf_counter()
             store.write_chunk(dist.rank, cols, _schema(plan), {"plan_hash": plan_hash, "items": ids,
-                                                               "rank": dist.rank}, saved or None)
+                                                               "rank": dist.rank, "code": code_fingerprint()},
+                              saved or None)
             summary.seconds_store += time.perf_counter() - t0
             summary.chunks_done += 1
             summary.items += len(items)

@@ -148,6 +148,10 @@ def markdown(results: Any, title: str | None = "Evaluation results", level: int 
         parts += [f"{h} Ranks with 95% bootstrap intervals", "",
                   f"Rank of the mean (1 = best, ties averaged) and its 95% interval over "
                   f"bootstrap resamples of the units.", "", table(header, rows), ""]
+    if len(m.get("code_versions", {})) > 1:
+        parts += ["**Parts computed by " + str(len(m["code_versions"])) + " versions of the caap_lens code** "
+                  "(parts per version: " + ", ".join(f"`{c}` {n}" for c, n in m["code_versions"].items())
+                  + "): a resumed store mixes them; rerun into a new store for one version.", ""]
     if m.get("corrupt_parts"):
         parts += [f"Corrupt parts ignored: {', '.join(m['corrupt_parts'])}.", ""]
     return "\n".join(parts)

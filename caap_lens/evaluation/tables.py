@@ -224,13 +224,16 @@ def merge(store_dir: str | Path, *, write: bool = False, n_boot: int = 1000) -> 
     curve_sum: dict[str, dict[str, np.ndarray]] = {k: {} for k in curve_keys}
     curve_n: dict[str, dict[str, np.ndarray]] = {k: {} for k in curve_keys}
     skip_parts: list[tuple[int, int, str]] = []
+    codes: dict[str, int] = {}
     for path in store.part_files():
         try:
             t = store.read_part(path, manifest["plan_hash"])
         except StoreError as err:
             report.corrupt[path.name] = str(err)
             continue
-        report.items[path.name] = json.loads(t.schema.metadata[META_KEY])["items"]
+        part_meta = json.loads(t.schema.metadata[META_KEY])
+        report.items[path.name] = part_meta["items"]
+        codes[part_meta.get("code") or "unrecorded"] = codes.get(part_meta.get("code") or "unrecorded", 0) + 1
         if t.num_rows == 0:
             continue
         ids, targets = t.column("id").to_pylist(), t.column("target").to_pylist()
@@ -280,7 +283,8 @@ def merge(store_dir: str | Path, *, write: bool = False, n_boot: int = 1000) -> 
     covered = {i for items in report.items.values() for i in items}
     meta: dict[str, Any] = {"store": str(store.path), "parts": len(report.items), "corrupt_parts": report.corrupt,
                             "items_expected": expected_items, "items_done": len(covered),
-                            "source": manifest["source"], "model": manifest["model"], "duplicates": duplicates}
+                            "source": manifest["source"], "model": manifest["model"], "duplicates": duplicates,
+                            "code_versions": codes}
     # units in the data set's order
     keys = list(unit_of)
     order = sorted(range(len(keys)), key=lambda u: (unit_item[u], keys[u][0], keys[u][1]))
