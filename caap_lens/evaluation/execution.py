@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ def _schema(plan: Plan) -> Any:
     import pyarrow as pa
 
     fields = [("id", pa.string()), ("item_index", pa.int64()), ("target", pa.int64()), ("method", pa.string()),
-              ("score", pa.float64())]
+              ("setting", pa.string()), ("score", pa.float64())]
     fields += [(k, pa.float64()) for k in plan.metrics]
     fields += [(f"curve_{k}", pa.list_(pa.float32())) for k in plan.metrics if METRICS[k].curve]
     fields += [("skipped", pa.string()), ("n_steps", pa.int64()), ("seconds", pa.float64()),
@@ -260,6 +261,7 @@ def _compute_chunk(model: Any, plan: Plan, chunk: _Chunk, rank: int, plan_hash: 
     steps = {"deletion": plan.curve_steps or model.grid.n_patches, "insertion": plan.curve_steps or model.grid.n_patches}
     n_steps = max([steps.get(k, 10) for k in plan.metrics if METRICS[k].curve] or [0])
     for spec in plan.methods:
+        setting = json.dumps(spec.to_dict(), sort_keys=True)  # the row's method and options, as in the plan
         maps, seconds = _row_maps(model, spec, chunk, plan, objects)
         summary.seconds_methods += seconds
         b = chunk.batch
@@ -279,6 +281,7 @@ def _compute_chunk(model: Any, plan: Plan, chunk: _Chunk, rank: int, plan_hash: 
             cols["item_index"].append(chunk.index[k])
             cols["target"].append(chunk.unit_target[k])
             cols["method"].append(spec.name)
+            cols["setting"].append(setting)
             cols["score"].append(float(chunk.clean[k]))
             for key in plan.metrics:
                 cols[key].append(float(values[key][k]))
