@@ -299,7 +299,9 @@ def render_markdown(main: Any, grid: Any | None, meta: dict[str, Any]) -> str:
         f"**{m['units']} (scene, target) units**; stores `{meta['stores']}` (plan `{main.plan.hash()}`"
         + (f", grid plan `{grid.plan.hash()}`" if grid is not None else "") + ")",
         f"- wall time of this invocation: {meta['wall_seconds'] / 60:.1f} min ({meta['ranks']} rank(s)"
-        + (", resumed from committed chunks" if meta.get("resumed") else "") + ")",
+        + (", resumed from committed chunks" if meta.get("resumed") else "") + ")"
+        + "".join(f"; {name} plan: {c['computed']} chunk(s) computed in it, {c['from_store']} already in its store"
+                  for name, c in meta.get("chunks", {}).items()),
         "",
         "Protocol:", "",
         (f"- Every method gives a patch map on the model's {meta['grid'][0]}×{meta['grid'][1]} grid (pixel-level "
@@ -445,12 +447,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dist = Distributed.setup(device=args.device)
     resumed = (args.store / "main" / "parts").is_dir()
     try:
+        runs = {}
         if not args.render_only:
-            evaluate(model, source, plan, args.store / "main", merge=False)
+            runs["main"] = evaluate(model, source, plan, args.store / "main", merge=False)
             if gplan is not None:
                 reference = model.preprocess(load_bundled_scenes(args.model).images)
-                evaluate(model, source, gplan, args.store / "grid", merge=False,
-                         objects={"mean_activation": MeanActivationContext(reference=reference)})
+                runs["grid"] = evaluate(model, source, gplan, args.store / "grid", merge=False,
+                                        objects={"mean_activation": MeanActivationContext(reference=reference)})
     finally:
         dist.close()
     if dist.rank != 0:
@@ -468,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "stores": str(args.store.relative_to(REPO) if args.store.is_relative_to(REPO) else args.store),
         "wall_seconds": time.perf_counter() - t0, "ranks": dist.world, "resumed": resumed, "shared": args.shared,
         "subset": (f"first {args.limit} of {len(source)} bundled scenes" if args.limit else None),
+        "chunks": {name: {"computed": r.chunks_done, "from_store": r.chunks_skipped} for name, r in runs.items()},
     }
     t_extra = time.perf_counter()
     if not args.skip_fidelity or args.sanity_pairs > 0:
@@ -482,8 +486,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     meta["extras_seconds"] = time.perf_counter() - t_extra
     if args.render_only and args.json and args.json.exists():  # keep the computing run's own record
         old = json.loads(args.json.read_text()).get("meta", {})
-        meta.update({k: old[k] for k in ("command", "date", "wall_seconds", "ranks", "threads", "resumed", "shared")
-                     if k in old})
+        meta.update({k: old[k] for k in ("command", "date", "wall_seconds", "ranks", "threads", "resumed", "shared",
+                                         "chunks") if k in old})
     markdown = render_markdown(main_results, grid_results, meta)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown)

@@ -79,10 +79,10 @@ class RunSummary:
     def line(self) -> str:
         rate = f", {self.seconds / self.units:.2f} s/unit" if self.units else ""
         bad = f", {len(self.corrupt)} corrupt part(s) redone" if self.corrupt else ""
+        work = (f"; methods {self.seconds_methods:.1f}s, metrics {self.seconds_metrics:.1f}s, "
+                f"harness overhead {100 * self.overhead:.1f}%") if self.units else ""
         return (f"rank {self.rank}/{self.world}: {self.chunks_done} chunk(s) computed, {self.chunks_skipped} already "
-                f"committed, {self.units} unit(s), {self.rows} row(s) in {self.seconds:.1f}s{rate}; "
-                f"methods {self.seconds_methods:.1f}s, metrics {self.seconds_metrics:.1f}s, "
-                f"harness overhead {100 * self.overhead:.1f}%{bad}")
+                f"committed, {self.units} unit(s), {self.rows} row(s) in {self.seconds:.1f}s{rate}{work}{bad}")
 
 
 def model_fingerprint(model: Any) -> dict[str, Any]:
