@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 DEFAULT_MODEL = "fashion-scenes-vit"
 REAL_MODEL = "dinov2-s14"  # the real DINOv2-S/14 backbone provisioned by `make real-model` (headless)
-REAL_PHOTO = "chelsea"     # the photo explained when --model dinov2-s14 is given no image (scikit-image's cat)
+REAL_PHOTO = "astronaut"  # the photo explained when --model dinov2-s14 is given no image (scikit-image)
 DEFAULT_OUT = "caap_lens_report"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 CONTEXTS = ("mean", "black", "blur", "noise", "mean_activation")
