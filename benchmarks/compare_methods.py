@@ -36,6 +36,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "results.md"
+LEAD_BEGIN, LEAD_END = "<!-- testbed-lead:begin -->", "<!-- testbed-lead:end -->"
+
+
+def keep_lead(path: Path, markdown: str) -> str:
+    """The new page with the real-backbone lead block of the old one (written by compare_testbed.py) on top."""
+    old = path.read_text() if path.exists() else ""
+    if LEAD_BEGIN not in old or LEAD_END not in old:
+        return markdown
+    lead = old[old.index(LEAD_BEGIN):old.index(LEAD_END) + len(LEAD_END)]
+    return lead + "\n\n" + markdown
 DEFAULT_STORE = REPO / "runs" / "compare_methods"
 LOCALISATION = ("pointing", "energy", "auroc")
 CURVES = ("deletion", "insertion", "positive", "negative")
@@ -490,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                          "chunks") if k in old})
     markdown = render_markdown(main_results, grid_results, meta)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown)
+    args.out.write_text(keep_lead(args.out, markdown))
     main_results.to_html(args.store / "main" / "results.html", title="Attribution methods on the bundled model")
     out = {"meta": meta, "main": main_results.to_dict(per_unit=True),
            "grid": grid_results.to_dict() if grid_results is not None else None}
