@@ -565,7 +565,10 @@ def check_threads_equal_single_threaded(n_threads: int = 3, rounds: int = 2) -> 
     assert not any(t.is_alive() for t in threads), "a thread hung (deadlock?)"
     for (j, r), got in results.items():
         assert not isinstance(got, Exception), f"job {j} round {r} raised {got!r}"
-        assert torch.equal(got, expected[j]), f"job {j} round {r} differs by {(got - expected[j]).abs().max()}"
+        # Under concurrent load CPU kernels may take another (alignment-dependent) path and differ in the
+        # last bits (2.4e-7 seen once); the corruption this test exists for differs by order 1 (up to 3.6).
+        diff = float((got - expected[j]).abs().max())
+        assert diff <= 1e-5 * max(1.0, float(expected[j].abs().max())), f"job {j} round {r} differs by {diff}"
     assert len(results) == len(jobs) * rounds
     assert not any(hp._forward_hooks for hp in model.hook_dict.values()), "hooks left behind"
     assert all(p.dtype == torch.float32 for p in model.parameters()), "bf16 weights left behind"
