@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from caap_lens import HookedViT  # noqa: E402
 from caap_lens.attribution.engine import patched_scores  # noqa: E402
 from caap_lens.baselines import attribute  # noqa: E402
-from caap_lens.evaluation import Item, ListSource, MethodSpec, Plan, SceneSource, evaluate  # noqa: E402
+from caap_lens.evaluation import Item, ListSource, MethodSpec, Plan, SceneSource, evaluate, merge  # noqa: E402
 from caap_lens.loading.bundled import load_bundled_scenes  # noqa: E402
 from caap_lens.metrics import mask_auroc, mask_energy, object_removal, target_specificity  # noqa: E402
 from caap_lens.stats import mean_ci  # noqa: E402
@@ -174,7 +174,8 @@ def split_by_detection(model, source: SceneSource) -> tuple[ListSource, ListSour
     return ListSource(detected, name=f"{source.name}/detected"), ListSource(missed, name=f"{source.name}/missed"), counts
 
 
-def test_plan(chosen: dict, rollout_start: int, rise_masks: int, curve_steps: int) -> Plan:
+def test_plan(chosen: dict, rollout_start: int, rise_masks: int, curve_steps: int, ig_max_steps: int = 128,
+              chunk: int = 8) -> Plan:
     caap_opts = {"layers": tuple(chosen["layers"]), "context": chosen["context"], "hook": chosen["hook"]}
     methods = [
         MethodSpec("caap_dev", method="caap", options=caap_opts),
@@ -187,14 +188,14 @@ def test_plan(chosen: dict, rollout_start: int, rise_masks: int, curve_steps: in
         MethodSpec("gradient_weighted_attention"),
         MethodSpec("token_gradcam"),
         MethodSpec("attnlrp"),
-        MethodSpec("integrated_gradients", options={"max_steps": 128}),
+        MethodSpec("integrated_gradients", options={"max_steps": ig_max_steps}),
         MethodSpec("occlusion"),
         MethodSpec("rise", options={"n_masks": rise_masks}),
         MethodSpec("attribution_patching"),
         MethodSpec("random"),
     ]
     return Plan(methods=methods, metrics=TEST_METRICS, targets="all_present", score="sigmoid", reference="caap_dev",
-                chunk=8, curve_steps=curve_steps)
+                chunk=chunk, curve_steps=curve_steps)
 
 
 def _cell(c: dict) -> str:
@@ -259,7 +260,7 @@ def render(out: dict) -> str:
         if out.get(name) is None:
             lines.append("No such unit in the test scenes.")
             continue
-        lines += [rows, "", out[name]["markdown"].replace("\n## ", "\n### ")]
+        lines += [rows, "", out[name]["markdown"].replace("# Evaluation results\n", "", 1).replace("\n## ", "\n### ")]
     return "\n".join(lines) + "\n"
 
 
@@ -313,6 +314,7 @@ def lead(out: dict) -> str:
              "session on 2 shared cores); the intervals say how small.", ""]
     if det is not None:
         body = det["markdown"].split("## Paired differences")[0].replace("## Main table", "### Detected targets: main table")
+        body = body.replace("# Evaluation results\n", "", 1)
         parts += [body.strip(), "", "**Where CAAP stands** (dev-chosen row, detected targets):", ""]
         parts += claim_lines(det)
     parts += ["", "The rest of this page compares the methods on the bundled 4-layer model.", "", LEAD_END]
@@ -332,11 +334,16 @@ def main() -> None:
     p.add_argument("--test-scenes", type=int, default=24)
     p.add_argument("--rise-masks", type=int, default=200)
     p.add_argument("--curve-steps", type=int, default=16)
+    p.add_argument("--ig-max-steps", type=int, default=128)
+    p.add_argument("--chunk", type=int, default=8, help="items per committed chunk")
+    p.add_argument("--minutes", type=float, default=0, help="stop after the chunk that passes this budget (0: none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "testbed")
     p.add_argument("--json", type=Path, default=REPO / "docs" / "results_testbed.json")
-    p.add_argument("--stage", choices=("all", "dev", "test", "render"), default="all")
+    p.add_argument("--stage", choices=("all", "dev", "test", "merge", "render"), default="all",
+                   help="merge: tables from whatever the test stores hold (a run stopped early), then render")
     p.add_argument("--page", type=Path, default=REPO / "docs" / "results_testbed.md")
+    p.add_argument("--lead", type=Path, default=REPO / "docs" / "results.md", help="page whose lead block is rewritten")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = HookedViT.from_pretrained(NAME)
@@ -353,18 +360,50 @@ def main() -> None:
     record = json.loads(dev_file.read_text())
     print("dev-chosen CAAP:", {k: record["chosen"][k] for k in ("layers", "context", "hook")},
           "| rollout start layer", record["rollout_chosen"]["start_layer"], flush=True)
+    if args.stage == "merge":
+        test = SceneSource(load_bundled_scenes(NAME, "test", args.test_scenes, removals=True), name="dinov2-test")
+        _, _, counts = split_by_detection(model, test)
+        plan = test_plan(record["chosen"], record["rollout_chosen"]["start_layer"], args.rise_masks, args.curve_steps,
+                         args.ig_max_steps, args.chunk)
+        out = {"model": NAME, "dev": record, "test_scenes": args.test_scenes, "targets": counts,
+               "plan": plan.to_dict(), "stopped": "merged from the stores of a run stopped early"}
+        for name in ("missed", "detected"):
+            store = args.out / name
+            if not (store / "parts").exists() or not any((store / "parts").iterdir()):
+                out[name] = None
+                continue
+            results = merge(store)
+            out[name] = {"summary": results.summary, "paired": results.paired, "ranks": results.ranks,
+                         "markdown": results.to_markdown()}
+        manifests = [args.out / n / "manifest.json" for n in ("missed", "detected") if (args.out / n / "manifest.json").exists()]
+        started = min(p.stat().st_mtime for p in manifests) if manifests else time.time()
+        out["seconds"] = record["seconds"] + (time.time() - started)  # dev + the stopped test run, from its store
+        out["test_map"] = float(model_config()["metrics"]["test_map"])
+        out["machine"] = machine()
+        args.json.write_text(json.dumps(out, indent=1, default=float))
     if args.stage in ("all", "test"):
         test = SceneSource(load_bundled_scenes(NAME, "test", args.test_scenes, removals=True), name="dinov2-test")
         detected, missed, counts = split_by_detection(model, test)
-        plan = test_plan(record["chosen"], record["rollout_chosen"]["start_layer"], args.rise_masks, args.curve_steps)
+        plan = test_plan(record["chosen"], record["rollout_chosen"]["start_layer"], args.rise_masks, args.curve_steps,
+                         args.ig_max_steps, args.chunk)
         out = {"model": NAME, "dev": record, "test_scenes": args.test_scenes, "targets": counts,
                "plan": plan.to_dict() if hasattr(plan, "to_dict") else None}
-        for name, source in (("detected", detected), ("missed", missed)):
+        deadline = time.time() + 60 * args.minutes if args.minutes else None
+
+        def stop_at_deadline(done: int) -> None:
+            if deadline is not None and time.time() > deadline:
+                raise TimeoutError(f"--minutes {args.minutes} reached after {done} chunk(s)")
+
+        for name, source in (("missed", missed), ("detected", detected)):
             if len(source) == 0:
                 out[name] = None
                 continue
-            summary = evaluate(model, source, plan, args.out / name)
-            results = summary.results
+            try:
+                results = evaluate(model, source, plan, args.out / name, after_chunk=stop_at_deadline).results
+            except TimeoutError as err:  # committed chunks stay in the store: report what they hold
+                print(f"{name}: {err}; merging what is committed", flush=True)
+                results = merge(args.out / name)
+                out[f"{name}_stopped"] = str(err)
             out[name] = {"summary": results.summary, "paired": results.paired, "ranks": results.ranks,
                          "markdown": results.to_markdown()}
         out["seconds"] = time.perf_counter() - t0
@@ -372,10 +411,10 @@ def main() -> None:
         out["machine"] = machine()
         args.json.write_text(json.dumps(out, indent=1, default=float))
         print(f"wrote {args.json}", flush=True)
-    if args.stage in ("all", "test", "render"):
+    if args.stage in ("all", "test", "merge", "render"):
         out = json.loads(args.json.read_text())
         args.page.write_text(render(out))
-        write_lead(REPO / "docs" / "results.md", out)
+        write_lead(args.lead, out)
         print(f"wrote {args.page} and the lead of docs/results.md", flush=True)
 
 
