@@ -177,3 +177,11 @@ def test_headless_model_refuses_predicted_and_explains_by_self_similarity(models
     # every patch token patched (the CLS token is not a patch): the embedding is all but restored
     assert float(values[1]) > 0.99
     assert float(result.context_score[0]) < float(values[0]) < float(values[1])
+
+
+def test_cli_refuses_target_and_score_for_a_headless_model(models, capsys):
+    from caap_lens.cli import main
+
+    assert main(["explain", "--model", "dinov2-s14", "--target", "1", "--no-progress"]) == 2
+    assert "headless" in capsys.readouterr().err
+    assert main(["explain", "--model", "dinov2-s14", "--num-classes", "3"]) == 2
