@@ -20,6 +20,8 @@ from typing import Literal
 Pooling = Literal["token", "avg", "max", "avgmax", "token_dist"]
 POOLINGS = ("token", "avg", "max", "avgmax", "token_dist")
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
+OutputActivation = Literal["softmax", "sigmoid", "logits"]
+OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "logits")
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,6 +73,9 @@ class HookedViTConfig:
         image_std: Per-channel standard deviation used by preprocessing.
         family: Name of the timm family this config was converted from (informational).
         source: The timm architecture or file it came from (informational).
+        output_activation: How the outputs become class scores: ``"softmax"`` (one class per image),
+            ``"sigmoid"`` (multi-label) or ``"logits"`` (shown raw). Read by the report and the CLI's
+            top classes; the forward pass always returns logits.
     """
 
     n_layers: int
@@ -100,6 +105,7 @@ class HookedViTConfig:
     image_std: tuple[float, ...] = _IMAGENET_STD
     family: str = "vit"
     source: str = ""
+    output_activation: OutputActivation = "softmax"
     # Fields read by TransformerLens's ActivationCache; fixed for this architecture.
     normalization_type: str = field(default="LN", init=False)
     attn_only: bool = field(default=False, init=False)
@@ -140,6 +146,9 @@ class HookedViTConfig:
             raise ValueError("pooling='token' needs class_token=True")
         if self.pooling == "token_dist" and not self.distilled:
             raise ValueError("pooling='token_dist' needs distilled=True")
+        if self.output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(f"output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}; "
+                             f"got {self.output_activation!r}")
         if self.act_fn not in ("gelu", "gelu_tanh", "quick_gelu", "relu"):
             raise ValueError(
                 f"act_fn must be one of gelu, gelu_tanh, quick_gelu, relu; got {self.act_fn!r}"
