@@ -194,9 +194,15 @@ def preprocess(
 
 
 def denormalize(
-    images: Float[Tensor, "batch channel height width"], mean: Sequence[float], std: Sequence[float]
-) -> Float[Tensor, "batch channel height width"]:
-    """Inverts the normalisation of `preprocess`: back to 0..1 pixel values (clamped)."""
-    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    images: Float[Tensor, "*batch channel height width"], mean: Sequence[float], std: Sequence[float]
+) -> Float[Tensor, "*batch channel height width"]:
+    """Inverts the normalisation of `preprocess`: back to 0..1 pixel values (clamped).
+
+    Example:
+        >>> x = torch.full((3, 2, 2), -1.0)
+        >>> denormalize(x, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)).unique().tolist()
+        [0.0]
+    """
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
     return (images * std_t + mean_t).clamp(0, 1)

@@ -16,7 +16,7 @@ from caap_lens.plot import (
     map_overlay,
     top_classes_bar,
 )
-from caap_lens.plot.maps import color_range, image_to_rgb
+from caap_lens.plot.common import color_range, image_to_rgb
 
 GRID = PatchGrid(grid_size=(4, 5), patch_size=(16, 16), n_prefix_tokens=1)  # 64 x 80 pixels, 20 patches
 N_GRID_SHAPES = (4 + 1) + (5 + 1)

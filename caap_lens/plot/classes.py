@@ -2,7 +2,7 @@
 
 Scores are softmax probabilities (single-label classifiers), sigmoid probabilities (multi-label
 classifiers such as the bundled ``fashion-scenes-vit``, whose classes are independent), or the
-raw logits.
+raw logits: the model's ``cfg.output_activation`` says which.
 
 Example:
     >>> logits = model(x)  # doctest: +SKIP
@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import plotly.graph_objects as go
@@ -19,9 +19,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from caap_lens.plot.maps import to_numpy
+from caap_lens.config import OutputActivation
+from caap_lens.plot.common import to_numpy
 
-OutputKind = Literal["softmax", "sigmoid", "logits"]
+OutputKind = OutputActivation  # the model's cfg.output_activation
 AXIS_TITLES = {
     "softmax": "probability (softmax)",
     "sigmoid": "probability (sigmoid, per class)",

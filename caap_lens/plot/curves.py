@@ -20,9 +20,8 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from caap_lens.plot.common import LINE_COLORS, to_numpy
 from caap_lens.stats import mean_ci, t_quantile
-from caap_lens.plot.depth import LINE_COLORS
-from caap_lens.plot.maps import to_numpy
 
 Band = Literal["ci", "std", "none"]
 

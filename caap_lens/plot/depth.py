@@ -23,13 +23,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from caap_lens.grid import PatchGrid
-from caap_lens.plot.maps import (
+from caap_lens.plot.common import (
     GRID_LINE_COLOR,
+    LINE_COLORS,
     ImageLike,
-    _figure_width,
-    _image_axes,
     color_range,
+    figure_width,
     grid_shapes,
+    image_axes,
     image_to_rgb,
     image_trace,
     patch_heatmap,
@@ -37,8 +38,6 @@ from caap_lens.plot.maps import (
 )
 
 ProfileMaps = Float[Union[Tensor, np.ndarray], "n_layers grid_h grid_w"]
-LINE_COLORS = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880",
-               "#ff97ff", "#fecb52"]
 
 __all__ = ["depth_profile_lines", "depth_heatmap", "depth_slider", "top_patches_by_peak"]
 
@@ -226,7 +225,7 @@ def depth_slider(
     Args:
         profile_maps: ``[n_layers, grid_h, grid_w]`` for one image.
         grid: The model's `PatchGrid`.
-        image: The image under the maps (see `caap_lens.plot.maps.image_to_rgb`); none: maps only.
+        image: The image under the maps (see `caap_lens.plot.common.image_to_rgb`); none: maps only.
         mean: Normalisation mean to undo when ``image`` is model input.
         std: Normalisation std to undo.
         layers: The layer of each map (default ``0..n_layers-1``).
@@ -270,13 +269,13 @@ def depth_slider(
                       "args": [{"visible": visible}, {"title.text": f"{title}: layer {layer}"}]})
     for shape in grid_shapes(grid.grid_size, height, width, color=grid_color):
         fig.add_shape(shape)
-    _image_axes(fig, height, width, grid)
+    image_axes(fig, height, width, grid)
     margin = {"l": 60, "r": 20, "t": 60, "b": 50}
     fig.update_layout(
         title={"text": f"{title}: layer {labels[0]}", "x": 0.5, "xanchor": "center"},
         sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "layer patched: "},
                   "pad": {"t": 50}, "len": 0.9, "x": 0.05}],
-        template="plotly_white", height=size + 110, width=_figure_width(size, (height, width), margin, True),
+        template="plotly_white", height=size + 110, width=figure_width(size, (height, width), margin, True),
         margin={**margin, "b": 160},  # room for the slider under the image
     )
     return fig

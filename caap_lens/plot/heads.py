@@ -21,16 +21,17 @@ from typing import Any, Sequence, Union
 import numpy as np
 import plotly.graph_objects as go
 from jaxtyping import Float
+from PIL import Image
 from plotly.subplots import make_subplots
 from torch import Tensor
 
 from caap_lens.grid import PatchGrid
-from caap_lens.plot.maps import (
+from caap_lens.plot.common import (
     GRID_LINE_COLOR,
     ImageLike,
-    _image_axes,
     color_range,
     grid_shapes,
+    image_axes,
     image_to_rgb,
     to_numpy,
 )
@@ -46,8 +47,6 @@ __all__ = ["head_grid"]
 
 def _png_source(rgb: np.ndarray) -> str:
     """The image as a PNG data URI: one small string shared by every cell instead of a pixel array each."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -101,7 +100,7 @@ def head_grid(
         layers: Row labels: ints are shown as ``"layer l"``, anything else as given; default the
             result's layers, else ``0..n_layers-1``.
         heads: Head index of each column (default ``0..n_heads-1``).
-        image: An image to draw under every map (see `caap_lens.plot.maps.image_to_rgb`); none: maps only.
+        image: An image to draw under every map (see `caap_lens.plot.common.image_to_rgb`); none: maps only.
         image_index: Which image of a `CAAPResult` to draw.
         mean: Normalisation mean to undo when ``image`` is model input.
         std: Normalisation std to undo.
@@ -174,7 +173,7 @@ def head_grid(
             if grid_lines:  # collected and set once: plotly's add_shape is quadratic in the shape count
                 shapes += grid_shapes(grid.grid_size, height, width, f"x{suffix}", f"y{suffix}", grid_color,
                                       line_width=0.5)
-            _image_axes(fig, height, width, grid, row=i + 1, col=j + 1, x_anchor=f"x{suffix}", titles=False)
+            image_axes(fig, height, width, grid, row=i + 1, col=j + 1, x_anchor=f"x{suffix}", titles=False)
     fig.update_layout(shapes=shapes)
     fig.update_xaxes(showticklabels=False, ticks="")
     fig.update_yaxes(showticklabels=False, ticks="")

@@ -28,13 +28,13 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from caap_lens.grid import PatchGrid
-from caap_lens.plot.maps import (
+from caap_lens.plot.common import (
     GRID_LINE_COLOR,
     ImageLike,
-    _check_map,
-    _image_axes,
+    check_map,
     color_range,
     grid_shapes,
+    image_axes,
     image_to_rgb,
     image_trace,
     patch_heatmap,
@@ -257,7 +257,7 @@ def window_sweep_view(
 
     Args:
         sweep: A `caap_lens.sweeps.WindowSweepResult` with patch maps ``[n_windows, batch, gh, gw]``.
-        image: The image of ``image_index`` (see `caap_lens.plot.maps.image_to_rgb`), e.g. ``x[0]``.
+        image: The image of ``image_index`` (see `caap_lens.plot.common.image_to_rgb`), e.g. ``x[0]``.
         grid: The model's `PatchGrid`.
         score_per_window: See `window_scores`; default the peak patch effect. Scores of
             ``[n_windows, batch]`` are taken for ``image_index``.
@@ -303,7 +303,7 @@ def window_sweep_view(
     if not shown:
         raise ValueError("no window to show")
     letters = [chr(ord("A") + i) if i < 26 else str(i) for i in range(len(shown))]
-    maps = np.stack([_check_map(to_numpy(sweep.maps[windows.index(w)][image_index]), grid, f"map of {w}")
+    maps = np.stack([check_map(to_numpy(sweep.maps[windows.index(w)][image_index]), grid, f"map of {w}")
                      for w in shown])
     rgb = image_to_rgb(image, mean, std)
     height, width = rgb.shape[:2]
@@ -327,7 +327,7 @@ def window_sweep_view(
         if grid_lines:
             for shape in grid_shapes(grid.grid_size, height, width, f"x{col}", f"y{col}", grid_color):
                 fig.add_shape(shape)
-        _image_axes(fig, height, width, grid, row=1, col=col, x_anchor=f"x{col}", titles=False)
+        image_axes(fig, height, width, grid, row=1, col=col, x_anchor=f"x{col}", titles=False)
         fig.update_xaxes(showticklabels=False, row=1, col=col)
         fig.update_yaxes(showticklabels=False, row=1, col=col)
     first = fig.layout.xaxis.domain
