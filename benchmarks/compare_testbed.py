@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from caap_lens import HookedViT  # noqa: E402
-from caap_lens.attribution.engine import patched_scores  # noqa: E402
+from caap_lens.attribution.engine import caap_settings, patched_scores  # noqa: E402
 from caap_lens.baselines import attribute  # noqa: E402
 from caap_lens.evaluation import Item, ListSource, MethodSpec, Plan, SceneSource, evaluate, merge  # noqa: E402
 from caap_lens.loading.bundled import load_bundled_scenes  # noqa: E402
@@ -120,8 +120,9 @@ def caap_grid(model, scenes, n: int) -> list[dict]:
         gt = ground_truth(model, scenes, i)
         for context, hook in sorted({(c, h) for _, c, h in settings}):
             windows = [w for w, c, h in settings if (c, h) == (context, hook)]
-            maps, _ = patched_scores(model, gt["x"], torch.zeros(1, dtype=torch.long), windows, context=context,
-                                     hook=hook, scores=scores, batch_size=72)
+            run_settings = caap_settings(model, windows=windows, context=context, hook=hook, scores=scores,
+                                         batch_size=72)
+            maps = patched_scores(model, gt["x"], torch.zeros(1, dtype=torch.long), run_settings).maps
             for k, w in enumerate(windows):
                 by_label = {c: maps[f"logit[{c}]"][k, 0] for c in gt["labels"]}
                 for metric, v in gt_scores(model, by_label, gt).items():

@@ -17,18 +17,20 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from caap_lens.attribution.engine import caap, check_window, patched_scores
+from caap_lens.attribution.engine import caap, caap_settings, patched_scores, prepare_images
 from caap_lens.attribution.result import CAAPResult
 from caap_lens.attribution.runner import Window
-from caap_lens.attribution.scores import ScoreLike, score_name
-from caap_lens.attribution.units import check_heads
+from caap_lens.attribution.scores import ScoreLike
+from caap_lens.attribution.targets import TargetLike
+from caap_lens.grid import PatchGrid
 
 
 @dataclass
@@ -41,8 +43,10 @@ class WindowSweepResult:
         context_score: The context's score per window ``[n_windows, batch]``.
         source_score: The source's score ``[batch]``.
         targets: Class index per image.
-        settings: The choices shared by every window.
+        settings: The choices shared by every window (the run's `CAAPSettings`).
         timing: As in `CAAPResult`.
+        source_output: The unpatched model output ``[batch, n_out]`` (float32, CPU).
+        grid: The model's patch grid.
     """
 
     maps: Float[Tensor, "n_windows batch *units"]
@@ -50,8 +54,10 @@ class WindowSweepResult:
     context_score: Float[Tensor, "n_windows batch"]
     source_score: Float[Tensor, " batch"]
     targets: Tensor
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    source_output: Optional[Float[Tensor, "batch n_out"]] = None
+    grid: Optional[PatchGrid] = None
 
     def map_for(self, start: int, stop: int) -> Tensor:
         """The map of one window."""
@@ -60,77 +66,149 @@ class WindowSweepResult:
         except ValueError:
             raise KeyError(f"window ({start}, {stop}) is not in this sweep") from None
 
-    def as_grid(self, values: Float[Tensor, " n_windows"], n_layers: int) -> Float[Tensor, "start stop"]:
-        """Per-window values as a ``[n_layers, n_layers + 1]`` start × stop table (NaN where absent)."""
-        table = torch.full((n_layers, n_layers + 1), float("nan"))
-        for (start, stop), value in zip(self.windows, values):
-            table[start, stop] = float(value)
-        return table
-
 
 def all_windows(n_layers: int) -> list[Window]:
-    """Every window ``0 <= start < stop <= n_layers``, ordered by start then stop."""
+    """Every window ``0 <= start < stop <= n_layers``, ordered by start then stop.
+
+    Example:
+        >>> all_windows(3)
+        [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    """
     return [(a, b) for a in range(n_layers) for b in range(a + 1, n_layers + 1)]
 
 
 def window_sweep(
     model: Any,
     images: Any,
-    target: Any = "predicted",
+    target: TargetLike = "predicted",
     windows: Sequence[Window] | str = "all",
     *,
+    context: Any = "mean",
+    hook: str | None = None,
     score: ScoreLike = "logit",
-    **kwargs: Any,
+    relative: bool = False,
+    region: Tensor | None = None,
+    heads: bool | Sequence[int] | None = None,
+    batch_size: int = 64,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    fwd_hooks: Sequence[tuple[Any, Any]] = (),
 ) -> WindowSweepResult:
     """CAAP maps for many windows, sharing patched trajectories between windows with one start.
 
     Args:
         model: A `HookedViT`.
-        images: As in `caap`.
-        target: As in `caap`.
         windows: ``"all"`` or a list of ``(start, stop)``.
-        score: As in `caap`.
-        **kwargs: ``context``, ``hook``, ``relative``, ``region``, ``heads``, ``batch_size``,
-            ``dtype``, ``progress``, ``fwd_hooks`` as in `caap`.
+        images, target, context, hook, score, relative, region, heads, batch_size, dtype, progress,
+            fwd_hooks: As in `caap`.
     """
     if isinstance(windows, str):
         if windows != "all":
             raise ValueError(f"windows must be 'all' or a list of (start, stop) pairs, got {windows!r}")
         windows = all_windows(model.cfg.n_layers)
-    windows = [check_window(model, w) for w in windows]  # clear errors; (start, stop) tuples for map_for
-    if check_heads(kwargs.get("heads"), model.cfg.n_heads) is not None:
-        kwargs.setdefault("hook", "z")
-    maps, info = patched_scores(model, images, target, windows, scores=[score], **kwargs)
-    name = score_name(score)
+    settings = caap_settings(
+        model, windows=windows, context=context, hook=hook, scores=[score], relative=relative, region=region,
+        heads=heads, batch_size=batch_size, dtype=dtype, progress=progress, fwd_hooks=fwd_hooks,
+    )
+    run = patched_scores(model, images, target, settings)
+    name = settings.score
     return WindowSweepResult(
-        maps=maps[name],
-        windows=list(windows),  # type: ignore[arg-type]
-        context_score=info["context_score"][name],
-        source_score=info["source_score"][name],
-        targets=info["targets"],
-        settings={**info["settings"], "score": name},
-        timing=info["timing"],
+        maps=run.maps[name],
+        windows=list(settings.windows),
+        context_score=run.context_score[name],
+        source_score=run.source_score[name],
+        targets=run.targets,
+        settings=settings,
+        timing=run.timing,
+        source_output=run.source_output,
+        grid=model.grid,
     )
 
 
-def depth_profile(model: Any, images: Any, target: Any = "predicted", **kwargs: Any) -> WindowSweepResult:
-    """Single-layer windows ``(l, l + 1)`` for every layer: maps ``[n_layers, batch, gh, gw]``."""
+def _patch_regions(model: Any, patches: Any, batch: int) -> tuple[Tensor, Tensor]:
+    """``(region [1 or batch, k, gh, gw], index [1 or batch, k])`` for flat patch indices ``[k]`` or ``[batch, k]``."""
+    index = torch.as_tensor(patches)
+    n = model.grid.n_patches
+    hint = f"patches must be flat patch indices in [0, {n}): [k] for every image or [batch={batch}, k]"
+    if index.is_floating_point() or index.dtype == torch.bool or index.ndim not in (1, 2) or index.numel() == 0:
+        raise ValueError(f"{hint}, got {patches!r}")
+    index = index.long().reshape(1, -1) if index.ndim == 1 else index.long()
+    if index.shape[0] not in (1, batch) or int(index.min()) < 0 or int(index.max()) >= n:
+        raise ValueError(f"{hint}, got shape {tuple(index.shape)} with values in [{int(index.min())}, {int(index.max())}]")
+    if any(len(set(row.tolist())) != row.numel() for row in index):
+        raise ValueError(f"{hint}; an index appears twice in one image's list")
+    region = torch.zeros(index.shape[0], index.shape[1], n, dtype=torch.bool)
+    region.scatter_(2, index.unsqueeze(-1), True)
+    return region.reshape(*index.shape, *model.grid.grid_size), index
+
+
+def depth_profile(
+    model: Any,
+    images: Any,
+    target: TargetLike = "predicted",
+    *,
+    patches: Sequence[int] | Tensor | None = None,
+    context: Any = "mean",
+    hook: str | None = None,
+    score: ScoreLike = "logit",
+    relative: bool = False,
+    batch_size: int = 64,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+) -> WindowSweepResult:
+    """Single-layer windows ``(l, l + 1)`` for every layer: maps ``[n_layers, batch, gh, gw]``.
+
+    Args:
+        patches: Run these patches only — flat indices ``[k]`` (every image) or ``[batch, k]``
+            (per image); the maps keep the grid shape, NaN at the patches not run. Default: all.
+        model, images, target, context, hook, score, relative, batch_size, dtype, progress, fwd_hooks:
+            As in `caap`.
+    """
     windows = [(layer, layer + 1) for layer in range(model.cfg.n_layers)]
-    return window_sweep(model, images, target, windows, **kwargs)
+    options = dict(context=context, hook=hook, score=score, relative=relative, batch_size=batch_size,
+                   dtype=dtype, progress=progress, fwd_hooks=fwd_hooks)
+    if patches is None:
+        return window_sweep(model, images, target, windows, **options)
+    x = prepare_images(model, images)
+    region, index = _patch_regions(model, patches, x.shape[0])
+    sweep = window_sweep(model, x, target, windows, region=region, **options)  # [n_layers, batch, k]
+    n_w, batch = sweep.maps.shape[:2]
+    full = torch.full((n_w, batch, model.grid.n_patches), float("nan"))
+    full.scatter_(2, index.expand(batch, -1).unsqueeze(0).expand(n_w, -1, -1), sweep.maps)
+    sweep.maps = full.reshape(n_w, batch, *model.grid.grid_size)
+    return sweep
 
 
 def context_sweep(
-    model: Any, images: Any, target: Any = "predicted", contexts: Sequence[Any] = ("mean", "black", "blur", "noise"),
-    **kwargs: Any,
+    model: Any,
+    images: Any,
+    target: TargetLike = "predicted",
+    contexts: Sequence[Any] = ("mean", "black", "blur", "noise"),
+    *,
+    layers: Window | None = None,
+    hook: str | None = None,
+    score: ScoreLike = "logit",
+    relative: bool = False,
+    region: Tensor | None = None,
+    heads: bool | Sequence[int] | None = None,
+    per_layer: bool = False,
+    batch_size: int = 64,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    fwd_hooks: Sequence[tuple[Any, Any]] = (),
 ) -> dict[str, CAAPResult]:
     """One `caap` result per neutral context (same window, hook and score), keyed by context name.
 
     Contexts that share a name (two image tensors, two lambdas) are told apart by a suffix
-    ``" #2"``, ``" #3"``, ... so that no result is lost.
+    ``" #2"``, ``" #3"``, ... so that no result is lost. The other options are `caap`'s.
     """
+    x = prepare_images(model, images)
     results: dict[str, CAAPResult] = {}
     for context in contexts:
-        result = caap(model, images, target, context=context, **kwargs)
+        result = caap(model, x, target, layers=layers, context=context, hook=hook, score=score, relative=relative,
+                      region=region, heads=heads, per_layer=per_layer, batch_size=batch_size, dtype=dtype,
+                      progress=progress, fwd_hooks=fwd_hooks)
         key, n = result.settings["context"], 1
         while key in results:
             n += 1
@@ -142,28 +220,24 @@ def context_sweep(
 def score_sweep(
     model: Any,
     images: Any,
-    target: Any = "predicted",
+    target: TargetLike = "predicted",
     scores: Sequence[ScoreLike] = ("logit", "prob", "log_prob", "margin"),
     *,
     layers: Window | None = None,
-    **kwargs: Any,
+    context: Any = "mean",
+    hook: str | None = None,
+    relative: bool = False,
+    region: Tensor | None = None,
+    heads: bool | Sequence[int] | None = None,
+    batch_size: int = 64,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    fwd_hooks: Sequence[tuple[Any, Any]] = (),
 ) -> dict[str, CAAPResult]:
-    """Several scores of the same patched runs (computed once), keyed by score name."""
-    from caap_lens.attribution.engine import default_window
-
-    window = check_window(model, layers if layers is not None else default_window(model.cfg.n_layers))
-    if check_heads(kwargs.get("heads"), model.cfg.n_heads) is not None:
-        kwargs.setdefault("hook", "z")  # as in `caap`: per-head maps patch attn.hook_z
-    maps, info = patched_scores(model, images, target, [window], scores=scores, **kwargs)
-    return {
-        name: CAAPResult(
-            map=values[0],
-            targets=info["targets"],
-            source_score=info["source_score"][name],
-            context_score=info["context_score"][name][0],
-            grid=model.grid,
-            settings={"layers": window, **info["settings"], "score": name},
-            timing=info["timing"],
-        )
-        for name, values in maps.items()
-    }
+    """Several scores of the same patched runs (computed once), keyed by score name; options as in `caap`."""
+    settings = caap_settings(
+        model, layers=layers, context=context, hook=hook, scores=scores, relative=relative, region=region,
+        heads=heads, batch_size=batch_size, dtype=dtype, progress=progress, fwd_hooks=fwd_hooks,
+    )
+    run = patched_scores(model, images, target, settings)
+    return {name: run.result(name, 0, model.grid) for name, _ in settings.scores}

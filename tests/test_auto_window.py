@@ -54,7 +54,7 @@ def test_criterion_is_the_stated_insertion_curve(bundled):
                 mask = model.grid.to_pixels(keep.reshape(model.grid.grid_size).float())[None]
                 with torch.no_grad():
                     out = model((mask * x[i] + (1 - mask) * ctx_images[i])[None])
-                values.append(torch.sigmoid(out[0, choice.info["targets"][i]]))
+                values.append(torch.sigmoid(out[0, choice.run.targets[i]]))
             assert float(choice.criterion[c, i]) == pytest.approx(float(torch.stack(values).mean()), abs=1e-5)
     assert choice.windows == [cands[int(k)] for k in choice.criterion.argmax(0)]
 

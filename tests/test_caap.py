@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from caap_lens.attribution.engine import caap, patched_scores
+from caap_lens.attribution.engine import caap, caap_settings, patched_scores
 from caap_lens.attribution.reference import caap_naive
 from caap_lens.attribution.scores import logit_diff
 from caap_lens.attribution.units import Units, head_units, patch_units
@@ -249,9 +249,9 @@ def test_all_heads_at_a_token_equals_z_token_patching(vit):
     assert per_head.masks.shape == (1, n_heads * grid.n_patches, grid.n_tokens, n_heads)
     all_heads = per_head.masks.reshape(1, n_heads, grid.n_patches, grid.n_tokens, n_heads).any(1)
     units = Units(all_heads, grid.grid_size)
-    window = [(1, 3)]
-    by_heads, _ = patched_scores(vit, x, [5, 1], window, hook="z", units=units, batch_size=7)
-    by_token, _ = patched_scores(vit, x, [5, 1], window, hook="z", batch_size=7)
+    settings = caap_settings(vit, windows=[(1, 3)], hook="z", batch_size=7)
+    by_heads = patched_scores(vit, x, [5, 1], settings, units=units).maps
+    by_token = patched_scores(vit, x, [5, 1], settings).maps
     diff = (by_heads["logit"] - by_token["logit"]).abs().max().item()
     record("all heads at a token vs z token patching", diff)
     assert diff < 1e-5
@@ -566,12 +566,13 @@ def test_class_names_without_class_names_on_the_model():
         caap(model, images_for(model, 1), "cat")
 
 
-def test_patched_scores_rejects_bad_windows_and_duplicate_score_names(vit):
-    x = images_for(vit, 1, seed=81)
+def test_settings_reject_bad_windows_and_duplicate_score_names(vit):
     with pytest.raises(ValueError, match="no windows given"):
-        patched_scores(vit, x, 1, [])
+        caap_settings(vit, windows=[])
     with pytest.raises(ValueError, match=r"window \(1, 9\) must satisfy"):
-        patched_scores(vit, x, 1, [(0, 2), (1, 9)])
+        caap_settings(vit, windows=[(0, 2), (1, 9)])
+    with pytest.raises(TypeError, match="build it with caap_settings"):
+        patched_scores(vit, images_for(vit, 1, seed=81), 1, [(0, 2)])
 
     def mine(out, target):
         return out[:, 0]
@@ -581,7 +582,7 @@ def test_patched_scores_rejects_bad_windows_and_duplicate_score_names(vit):
 
     also_mine.__name__ = "mine"
     with pytest.raises(ValueError, match=r"distinct names.*\['mine', 'mine'\]"):
-        patched_scores(vit, x, 1, [(0, 2)], scores=[mine, also_mine])
+        caap_settings(vit, windows=[(0, 2)], scores=[mine, also_mine])
 
 
 def test_sigmoid_score_is_the_sigmoid_of_the_logit_map():

@@ -150,20 +150,6 @@ def test_context_sweep_keeps_contexts_that_share_a_name(vit):
     assert not torch.allclose(results["given image"].map, results["given image #2"].map, atol=1e-3)
 
 
-def test_as_grid_places_values(vit):
-    sweep = window_sweep(vit, images_for(vit, 1, seed=9), [0], [(0, 1), (2, 4), (1, 3), (3, 4)])
-    n = vit.cfg.n_layers
-    table = sweep.as_grid(torch.tensor([10.0, 20.0, 30.0, 40.0]), n)
-    assert table.shape == (n, n + 1)
-    assert table[0, 1] == 10 and table[2, 4] == 20 and table[1, 3] == 30 and table[3, 4] == 40
-    assert int(torch.isnan(table).logical_not().sum()) == 4
-    # Typical use: one number per window (here the mean map), placed by start and stop.
-    means = sweep.maps.flatten(1).mean(1)
-    table = sweep.as_grid(means, n)
-    for (a, b), value in zip(sweep.windows, means):
-        assert table[a, b] == pytest.approx(float(value))
-
-
 def test_map_for_missing_window_is_a_key_error(vit):
     sweep = window_sweep(vit, images_for(vit, 1, seed=10), [0], [(0, 2), (1, 3)])
     assert torch.equal(sweep.map_for(1, 3), sweep.maps[1])

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -32,10 +32,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from caap_lens.attribution.contexts import resolve_context
-from caap_lens.attribution.result import CAAPResult
-from caap_lens.attribution.engine import patched_scores, prepare_images
+from caap_lens.attribution.engine import caap_settings, patched_scores, prepare_images
 from caap_lens.attribution.runner import Window
-from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name
+from caap_lens.attribution.result import CAAPResult, PatchedScores
+from caap_lens.attribution.scores import ScoreLike, resolve_score
 
 __all__ = ["AutoWindow", "FRACTIONS", "caap_auto", "candidate_windows", "choose_window"]
 
@@ -73,7 +73,7 @@ class AutoWindow:
         maps: ``[n_candidates, batch, *units]``: every candidate's map (the chosen one per image is
             ``maps[index[i], i]``).
         index: ``[batch]`` index of the chosen candidate.
-        info: The sweep's targets, scores, settings and timing.
+        run: The candidates' sweep: targets, source output, scores, settings and timing.
     """
 
     windows: list[Window]
@@ -81,7 +81,7 @@ class AutoWindow:
     criterion: Float[Tensor, "n_candidates batch"]
     maps: Tensor
     index: Tensor
-    info: dict[str, Any] = field(default_factory=dict)
+    run: PatchedScores
 
 
 def _context_image(model: Any, images: Tensor, context: Any) -> Tensor:
@@ -150,18 +150,16 @@ def choose_window(
         raise ValueError("choose_window needs at least one candidate window")
     if not fractions or not all(0 < float(f) <= 1 for f in fractions):
         raise ValueError(f"fractions must be shares in (0, 1], got {fractions!r}")
-    maps, info = patched_scores(model, images, target, cands, context=context, hook=hook, scores=[score],
-                                batch_size=batch_size, dtype=dtype, progress=progress)
-    if images.shape[0] == 0:
-        raise ValueError("choose_window got an empty batch")
-    name = score_name(score)
-    sweep = maps[name]
-    crit = _insertion_scores(model, images, _context_image(model, images, context), sweep, info["targets"],
+    settings = caap_settings(model, windows=cands, context=context, hook=hook, scores=[score],
+                             batch_size=batch_size, dtype=dtype, progress=progress)
+    run = patched_scores(model, images, target, settings, prepared=True)
+    sweep = run.maps[settings.score]
+    crit = _insertion_scores(model, images, _context_image(model, images, context), sweep, run.targets,
                              resolve_score(score), fractions, batch_size)
     index = crit.argmax(0)  # first maximum: candidates are ordered by start, then stop
-    info = {**info, "timing": {**info.get("timing", {}), "seconds": time.perf_counter() - t0}}
+    run.timing = {**run.timing, "seconds": time.perf_counter() - t0}
     return AutoWindow(windows=[tuple(cands[int(i)]) for i in index], candidates=[tuple(c) for c in cands],
-                      criterion=crit, maps=sweep, index=index, info=info)
+                      criterion=crit, maps=sweep, index=index, run=run)
 
 
 def caap_auto(model: Any, images: Any, target: Any = "predicted", *, relative: bool = False,
@@ -179,13 +177,14 @@ def caap_auto(model: Any, images: Any, target: Any = "predicted", *, relative: b
         raise ValueError(f"layers='auto' does not combine with {sorted(unknown)}; choose a window for those")
     hook = options.get("hook") or "resid_pre"
     choice = choose_window(model, images, target, **{**options, "hook": hook})
-    name = score_name(options.get("score", "logit"))
+    run = choice.run
+    name = run.settings.score
     batch = torch.arange(choice.maps.shape[1])
     values = choice.maps[choice.index, batch]
-    ctx = choice.info["context_score"][name][choice.index, batch]
+    ctx = run.context_score[name][choice.index, batch]
     if relative:
         values = values - ctx.reshape(-1, *([1] * (values.ndim - 1)))
-    settings = {"layers": "auto", **choice.info["settings"], "score": name, "relative": relative,
+    settings = {"layers": "auto", **run.settings, "relative": relative,
                 "windows": choice.windows, "candidates": choice.candidates}
-    return CAAPResult(map=values, targets=choice.info["targets"], source_score=choice.info["source_score"][name],
-                      context_score=ctx, grid=model.grid, settings=settings, timing=choice.info["timing"])
+    return CAAPResult(map=values, targets=run.targets, source_score=run.source_score[name], context_score=ctx,
+                      grid=model.grid, settings=settings, timing=run.timing, source_output=run.source_output)

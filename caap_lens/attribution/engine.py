@@ -24,43 +24,37 @@ Example:
 
 from __future__ import annotations
 
-import operator
 import time
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from caap_lens.attribution.contexts import resolve_context
-from caap_lens.attribution.result import CAAPResult
-from caap_lens.attribution.runner import Window, finish, lowered_blocks, model_lock, run_patched, source_run
-from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes
+from caap_lens.attribution.result import CAAPResult, PatchedScores
+from caap_lens.attribution.runner import (
+    Window,
+    finish,
+    group_by_start,
+    lowered_blocks,
+    model_lock,
+    run_patched,
+    source_run,
+)
+from caap_lens.attribution.scores import ScoreLike
+from caap_lens.attribution.settings import (  # re-exported: they were defined here first
+    CAAPSettings,
+    caap_settings,
+    check_batch_size,
+    check_window,
+    default_window,
+)
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.attribution.units import Units, check_heads, head_units, patch_units, region_units
-from caap_lens.patching import patchable_hook_name, resolve_hook
+from caap_lens.patching import patchable_hook_name
 from caap_lens.preprocessing import check_finite, warn_if_unnormalised
 
-
-def default_window(n_layers: int) -> Window:
-    """The middle third of the network: ``(n // 3, max(n // 3 + 1, 2 n // 3))``."""
-    start = n_layers // 3
-    return (start, max(start + 1, (2 * n_layers) // 3))
-
-
-def check_window(model: Any, layers: Any) -> Window:
-    """Validates a ``(start, stop)`` window against the model's depth."""
-    n = model.cfg.n_layers
-    try:
-        if isinstance(layers, (str, bytes)) or any(isinstance(v, bool) for v in layers):
-            raise TypeError  # True is not layer 1
-        start, stop = (operator.index(v) for v in layers)  # ints only: 1.5 is not silently 1
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"layers must be a (start, stop) pair of ints, got {layers!r}; e.g. layers=(2, 4)"
-        ) from None
-    if not 0 <= start < stop <= n:
-        raise ValueError(f"window ({start}, {stop}) must satisfy 0 <= start < stop <= n_layers={n}")
-    return (start, stop)
+__all__ = ["caap", "patched_scores", "prepare_images", "build_units", "CAAPSettings", "caap_settings",
+           "check_window", "check_batch_size", "default_window"]
 
 
 def prepare_images(model: Any, images: Any) -> Tensor:
@@ -84,36 +78,6 @@ def prepare_images(model: Any, images: Any) -> Tensor:
             f"images is an empty batch {tuple(x.shape)}: there is nothing to attribute; pass at least one image"
         )
     return x
-
-
-def check_batch_size(batch_size: Any) -> int:
-    """``batch_size`` as a positive int (not a bool, float or string)."""
-    try:
-        if isinstance(batch_size, bool):
-            raise TypeError
-        value = operator.index(batch_size)
-    except TypeError:
-        raise ValueError(
-            f"batch_size must be a positive int (patched runs per forward pass), got {batch_size!r}"
-        ) from None
-    if value < 1:
-        raise ValueError(f"batch_size must be >= 1, got {value} (patched runs per forward pass)")
-    return value
-
-
-def _check_fwd_hooks(model: Any, fwd_hooks: Any) -> None:
-    """``fwd_hooks`` as TransformerLens takes them: ``(hook name or name filter, fn)`` pairs, names known."""
-    names = getattr(model, "hook_dict", None)
-    for item in fwd_hooks:
-        if not isinstance(item, (tuple, list)) or len(item) != 2 or not callable(item[1]):
-            raise ValueError(f"fwd_hooks must be (hook name, fn) pairs as in run_with_hooks, got {item!r}")
-        name = item[0]
-        if isinstance(name, str) and names is not None and name not in names:
-            close = [n for n in names if name.split(".")[-1] in n][:3]
-            hint = f"; e.g. {', '.join(close)}" if close else ""
-            raise ValueError(f"fwd_hooks names unknown hook point {name!r} (see model.hook_dict){hint}")
-        if not isinstance(name, str) and not callable(name):
-            raise ValueError(f"a fwd_hooks name must be a hook-point name or a filter fn(name) -> bool, got {name!r}")
 
 
 def _score_values(fn: Any, name: str, output: Tensor, targets: Tensor) -> Tensor:
@@ -161,84 +125,54 @@ def patched_scores(
     model: Any,
     images: Any,
     target: TargetLike,
-    windows: Sequence[Window],
+    settings: CAAPSettings,
     *,
-    context: Any = "mean",
-    hook: str = "resid_pre",
-    scores: Sequence[ScoreLike] = ("logit",),
-    relative: bool = False,
     units: Units | None = None,
-    region: Tensor | None = None,
-    heads: Any = None,
-    batch_size: int = 64,
-    dtype: torch.dtype | None = None,
-    progress: bool = False,
-    fwd_hooks: Sequence[tuple[Any, Any]] = (),
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The shared core of `caap` and the sweeps: scores ``[n_windows, batch, n_units]`` per score.
+    prepared: bool = False,
+) -> PatchedScores:
+    """The shared core of `caap` and the sweeps: every score of every window of ``settings``.
+
+    Args:
+        model: A `HookedViT`.
+        images: As in `caap`.
+        target: As in `caap`.
+        settings: From `caap_settings`.
+        units: What each row patches (default: patches, or ``settings.region``, split per head
+            when ``settings.heads`` is set).
+        prepared: ``images`` already went through `prepare_images` (skip checking them again).
 
     Returns:
-        ``(maps, info)``: ``maps[score_name]`` of shape ``[n_windows, batch, *unit_shape]``, and
-        ``info`` with targets, source/context scores per window, settings and timing.
+        A `PatchedScores`: ``maps[score_name]`` of shape ``[n_windows, batch, *unit_shape]``.
     """
-    with model_lock(model):  # hooks and bf16 weights are model state: one run at a time per model
-        return _patched_scores(
-            model, images, target, windows, context=context, hook=hook, scores=scores, relative=relative,
-            units=units, region=region, heads=heads, batch_size=batch_size, dtype=dtype, progress=progress,
-            fwd_hooks=fwd_hooks,
+    if not isinstance(settings, CAAPSettings):
+        raise TypeError(
+            f"settings must be a CAAPSettings (build it with caap_settings(model, ...)), got {type(settings).__name__}"
         )
+    with model_lock(model):  # hooks and bf16 weights are model state: one run at a time per model
+        return _patched_scores(model, images, target, settings, units, prepared)
 
 
 def _patched_scores(
-    model: Any,
-    images: Any,
-    target: TargetLike,
-    windows: Sequence[Window],
-    *,
-    context: Any,
-    hook: str,
-    scores: Sequence[ScoreLike],
-    relative: bool,
-    units: Units | None,
-    region: Tensor | None,
-    heads: Any,
-    batch_size: Any,
-    dtype: torch.dtype | None,
-    progress: bool,
-    fwd_hooks: Sequence[tuple[Any, Any]],
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    model: Any, images: Any, target: TargetLike, settings: CAAPSettings, units: Units | None, prepared: bool
+) -> PatchedScores:
     t0 = time.perf_counter()
-    batch_size = check_batch_size(batch_size)
-    windows = [check_window(model, w) for w in windows]
-    if not windows:
-        raise ValueError("no windows given")
-    hook = resolve_hook(hook)
-    _check_fwd_hooks(model, fwd_hooks)
-    heads = check_heads(heads, model.cfg.n_heads)
-    if heads is not None and hook != "z":
-        raise ValueError(f"per-head maps patch attn.hook_z; got hook={hook!r} (use hook='z' or leave it unset)")
-    score_fns = {score_name(s): resolve_score(s) for s in scores}
-    if len(score_fns) != len(scores):  # maps are keyed by score name: a repeated name would be lost
-        names = [score_name(s) for s in scores]
-        raise ValueError(f"scores need distinct names (set __name__ on callables), got {names}")
-    ctx = resolve_context(context)
-    with lowered_blocks(model, dtype), torch.inference_mode(), model.hooks(fwd_hooks=list(fwd_hooks)):
-        x = prepare_images(model, images)
+    windows, hook = settings.windows, settings.hook
+    by_start = group_by_start(windows)
+    with lowered_blocks(model, settings.dtype), torch.inference_mode(), \
+            model.hooks(fwd_hooks=list(settings.fwd_hooks)):
+        x = images if prepared else prepare_images(model, images)
         batch = x.shape[0]
-        units = units if units is not None else build_units(model, batch, region, heads)
+        units = units if units is not None else build_units(model, batch, settings.region, settings.heads)
         layers = sorted({layer for start, stop in windows for layer in range(start, stop)})
-        names = {patchable_hook_name(hook, layer) for layer in layers}
-        source_out, source = source_run(model, x, names)
-        targets = resolve_targets(model, target, source_out, all(scores_index_classes(s) for s in scores))
-        starts = sorted({start for start, _ in windows})
-        ctx_resid = ctx.residuals(model, x, starts)
+        source_out, source = source_run(model, x, {patchable_hook_name(hook, layer) for layer in layers})
+        targets = resolve_targets(model, target, source_out, settings.targets_are_classes)
+        ctx_resid = settings.context.residuals(model, x, list(by_start))
         # the unpatched context run depends on the window's start only, not its stop
-        ctx_out = {start: finish(model, ctx_resid[start], start).float().cpu() for start in starts}
-        total = batch * units.n_units * len(starts)
-        bar = _Progress(total, progress, "CAAP")
+        ctx_out = {start: finish(model, ctx_resid[start], start).float().cpu() for start in by_start}
+        bar = _Progress(batch * units.n_units * len(by_start), settings.progress, "CAAP")
         t1 = time.perf_counter()
         try:
-            out = run_patched(model, ctx_resid, source, hook, windows, units, batch_size, on_chunk=bar)
+            out = run_patched(model, ctx_resid, source, hook, windows, units, settings.batch_size, on_chunk=bar)
         finally:
             bar.close()
         t2 = time.perf_counter()
@@ -246,48 +180,21 @@ def _patched_scores(
     n_w, n_u = len(windows), units.n_units
     row_targets = targets.view(1, batch, 1).expand(n_w, batch, n_u).reshape(-1)
     maps, source_scores, context_scores = {}, {}, {}
-    for name, fn in score_fns.items():
+    for name, fn in settings.scores:
         values = _score_values(fn, name, out.reshape(n_w * batch * n_u, -1), row_targets).reshape(n_w, batch, n_u)
         ctx_scores = torch.stack([_score_values(fn, name, ctx_out[start], targets) for start, _ in windows])
-        if relative:
+        if settings.relative:
             values = values - ctx_scores[:, :, None]
         maps[name] = values.reshape(n_w, batch, *units.shape)
         source_scores[name] = _score_values(fn, name, source_out, targets)
         context_scores[name] = ctx_scores
-    block_evals = sum(
-        batch * n_u * (model.cfg.n_layers - start) + batch * n_u * sum(model.cfg.n_layers - s for s in stops[:-1])
-        for start, stops in _stops_by_start(windows).items()
-    )
-    info = {
-        "targets": targets,
-        "source_score": source_scores,
-        "context_score": context_scores,
-        "settings": {
-            "hook": hook,
-            "context": getattr(ctx, "name", type(ctx).__name__),
-            "relative": relative,
-            "heads": heads,
-            "region": tuple(region.shape) if region is not None else None,
-            "batch_size": batch_size,
-            "dtype": str(dtype) if dtype is not None else str(model.dtype),
-        },
-        "timing": {
-            "seconds": time.perf_counter() - t0,
-            "patched_seconds": t2 - t1,
-            "rows": batch * n_u * len(starts),
-            "block_evals": block_evals,
-        },
-    }
-    return maps, info
-
-
-def _stops_by_start(windows: Sequence[Window]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for start, stop in windows:
-        out.setdefault(start, [])
-        if stop not in out[start]:
-            out[start].append(stop)
-    return {k: sorted(v) for k, v in out.items()}
+    n = model.cfg.n_layers
+    rows = batch * n_u
+    block_evals = sum(rows * (n - start) + rows * sum(n - s for s in stops[:-1]) for start, stops in by_start.items())
+    timing = {"seconds": time.perf_counter() - t0, "patched_seconds": t2 - t1, "rows": rows * len(by_start),
+              "block_evals": block_evals}
+    return PatchedScores(maps=maps, targets=targets, source_output=source_out, source_score=source_scores,
+                         context_score=context_scores, settings=settings, timing=timing)
 
 
 def caap(
@@ -295,7 +202,7 @@ def caap(
     images: Any,
     target: TargetLike = "predicted",
     *,
-    layers: Window | None = None,
+    layers: Window | str | None = None,
     context: Any = "mean",
     hook: str | None = None,
     score: ScoreLike = "logit",
@@ -335,7 +242,7 @@ def caap(
         fwd_hooks: Extra TransformerLens hooks active in every run (source, context, patched).
 
     Returns:
-        A `CAAPResult`.
+        A `CAAPResult`; its ``settings`` is the run's `CAAPSettings`.
 
     Example:
         >>> result = caap(model, images, target="predicted", layers=(4, 8), context="blur")  # doctest: +SKIP
@@ -349,29 +256,29 @@ def caap(
                              "heads, per_layer or fwd_hooks; pick a window for those")
         return caap_auto(model, images, target, context=context, hook=hook, score=score, relative=relative,
                          batch_size=batch_size, dtype=dtype, progress=progress)
-    window = check_window(model, layers if layers is not None else default_window(model.cfg.n_layers))
-    heads = check_heads(heads, model.cfg.n_heads)
-    hook = hook if hook is not None else ("z" if heads is not None else "resid_pre")
-    if per_layer and heads is None:
-        raise ValueError("per_layer=True needs heads=True (or a list of heads)")
-    windows = [(layer, layer + 1) for layer in range(*window)] if per_layer else [window]
-    maps, info = patched_scores(
-        model, images, target, windows, context=context, hook=hook, scores=[score], relative=relative,
+    settings = caap_settings(
+        model, layers=layers, per_layer=per_layer, context=context, hook=hook, scores=[score], relative=relative,
         region=region, heads=heads, batch_size=batch_size, dtype=dtype, progress=progress, fwd_hooks=fwd_hooks,
     )
-    name = score_name(score)
-    values = maps[name]  # [n_windows, batch, *units]
-    values = values.transpose(0, 1) if per_layer else values[0]
-    ctx_score = info["context_score"][name]  # [n_windows, batch]
-    settings = {"layers": window, **info["settings"], "score": name, "per_layer": per_layer}
+    return caap_with(model, images, target, settings)
+
+
+def caap_with(model: Any, images: Any, target: TargetLike, settings: CAAPSettings, *,
+              prepared: bool = False) -> CAAPResult:
+    """`caap` with settings made by `caap_settings` (one window, or ``per_layer`` windows; one score)."""
+    run = patched_scores(model, images, target, settings, prepared=prepared)
+    if not settings.per_layer:
+        return run.result(settings.score, 0, model.grid)
+    name = settings.score
+    # per_layer: each layer is its own window, with its own context run (they differ for
+    # activation contexts such as "mean_activation"): context_score [batch, n_window_layers].
     return CAAPResult(
-        map=values,
-        targets=info["targets"],
-        source_score=info["source_score"][name],
-        # per_layer: each layer is its own window, with its own context run (they differ for
-        # activation contexts such as "mean_activation"): [batch, n_window_layers].
-        context_score=ctx_score.transpose(0, 1) if per_layer else ctx_score[0],
+        map=run.maps[name].transpose(0, 1),
+        targets=run.targets,
+        source_score=run.source_score[name],
+        context_score=run.context_score[name].transpose(0, 1),
         grid=model.grid,
         settings=settings,
-        timing=info["timing"],
+        timing=run.timing,
+        source_output=run.source_output,
     )

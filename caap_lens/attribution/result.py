@@ -10,9 +10,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from jaxtyping import Float, Int
@@ -34,9 +36,12 @@ class CAAPResult:
         context_score: The score of the unpatched context run ``[batch]`` (``[batch, n_layers]``
             per layer: each layer's window has its own context run).
         grid: The model's patch grid.
-        settings: Every choice that produced the map (window, hook, context, score, ...).
+        settings: Every choice that produced the map (window, hook, context, score, ...): the
+            run's `caap_lens.attribution.settings.CAAPSettings`, which reads as a mapping.
         timing: ``seconds`` (total), ``patched_seconds``, ``rows`` (patched runs),
             ``block_evals`` (transformer blocks evaluated per row, summed).
+        source_output: The unpatched model output ``[batch, n_out]`` (float32, CPU): the
+            prediction, without another forward pass.
     """
 
     map: Float[Tensor, "batch *units"]
@@ -44,8 +49,9 @@ class CAAPResult:
     source_score: Float[Tensor, " batch"]
     context_score: Float[Tensor, "batch *layers"]
     grid: PatchGrid
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    source_output: Optional[Float[Tensor, "batch n_out"]] = None
 
     def _per_image(self, values: Tensor) -> Tensor:
         """``[batch]`` (or ``[batch, n_layers]`` per layer) values broadcast against the map."""
@@ -101,4 +107,43 @@ class CAAPResult:
         return (
             f"CAAPResult(map {tuple(self.map.shape)}, layers={s.get('layers')}, hook={s.get('hook')!r}, "
             f"context={s.get('context')!r}, score={s.get('score')!r}, {self.timing.get('seconds', 0):.2f}s)"
+        )
+
+
+@dataclass
+class PatchedScores:
+    """What `caap_lens.attribution.engine.patched_scores` returns: every score of every window.
+
+    Attributes:
+        maps: ``maps[score_name]`` ``[n_windows, batch, *units]``.
+        targets: Class index per image ``[batch]``.
+        source_output: The unpatched output ``[batch, n_out]`` (float32, CPU).
+        source_score: ``[batch]`` per score name.
+        context_score: ``[n_windows, batch]`` per score name (the context run of each window).
+        settings: The `CAAPSettings` of the run.
+        timing: As in `CAAPResult`.
+    """
+
+    maps: dict[str, Tensor]
+    targets: Int[Tensor, " batch"]
+    source_output: Float[Tensor, "batch n_out"]
+    source_score: dict[str, Tensor]
+    context_score: dict[str, Tensor]
+    settings: Any
+    timing: dict[str, float]
+
+    def result(self, name: str, window: int, grid: PatchGrid) -> CAAPResult:
+        """The `CAAPResult` of one score and one window (its settings name that score only)."""
+        settings = self.settings
+        if hasattr(settings, "scores") and len(settings.scores) > 1:
+            settings = dataclasses.replace(settings, scores=tuple(s for s in settings.scores if s[0] == name))
+        return CAAPResult(
+            map=self.maps[name][window],
+            targets=self.targets,
+            source_score=self.source_score[name],
+            context_score=self.context_score[name][window],
+            grid=grid,
+            settings=settings,
+            timing=self.timing,
+            source_output=self.source_output,
         )

@@ -94,6 +94,19 @@ def source_run(model: Any, images: Tensor, hook_names: set[str]) -> tuple[Tensor
     return out, cache
 
 
+def group_by_start(windows: Sequence[Window]) -> dict[int, list[int]]:
+    """The distinct stops of the windows sharing each start, starts and stops ascending.
+
+    Example:
+        >>> group_by_start([(4, 8), (2, 3), (4, 6), (4, 8)])
+        {2: [3], 4: [6, 8]}
+    """
+    out: dict[int, set[int]] = {}
+    for start, stop in windows:
+        out.setdefault(start, set()).add(stop)
+    return {start: sorted(out[start]) for start in sorted(out)}
+
+
 def _chunks(n_rows: int, batch_size: int) -> Iterator[tuple[int, int]]:
     for begin in range(0, n_rows, batch_size):
         yield begin, min(begin + batch_size, n_rows)
@@ -127,11 +140,7 @@ def run_patched(
     batch = next(iter(context_resid.values())).shape[0]
     n_rows = batch * units.n_units
     results: dict[Window, list[Tensor]] = {w: [] for w in windows}
-    by_start: dict[int, list[int]] = {}
-    for start, stop in windows:
-        by_start.setdefault(start, []).append(stop)
-    for start, stops in sorted(by_start.items()):
-        stops = sorted(set(stops))
+    for start, stops in group_by_start(windows).items():
         for begin, end in _chunks(n_rows, batch_size):
             rows = torch.arange(begin, end)
             image_index, unit_index = rows // units.n_units, rows % units.n_units

@@ -38,8 +38,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from caap_lens.attribution.contexts import resolve_context
-from caap_lens.attribution.engine import check_window, default_window
+from caap_lens.attribution.engine import caap_settings
 from caap_lens.attribution.runner import source_run
 from caap_lens.attribution.scores import ScoreLike
 from caap_lens.attribution.targets import TargetLike
@@ -54,7 +53,7 @@ from caap_lens.baselines.base import (
     grads_of,
     target_scores,
 )
-from caap_lens.patching import patchable_hook_name, resolve_hook
+from caap_lens.patching import patchable_hook_name
 from caap_lens.stats import pearson, spearman
 
 
@@ -89,10 +88,9 @@ def attribution_patching(
         >>> patch_map, _ = attribution_patching(model, images, targets, layers=(2, 3), hook="z")  # doctest: +SKIP
     """
     images, targets = check_inputs(model, images, targets)
-    start, stop = check_window(model, layers if layers is not None else default_window(model.cfg.n_layers))
-    hook = resolve_hook(hook)
+    settings = caap_settings(model, layers=layers, context=context, hook=hook, scores=[score])  # as CAAP checks them
+    (start, stop), hook, ctx = settings.layers, settings.hook, settings.context
     names = [patchable_hook_name(hook, layer) for layer in range(start, stop)]
-    ctx = resolve_context(context)
     with torch.inference_mode():
         _, source = source_run(model, images, set(names))
     with torch.no_grad():

@@ -9,7 +9,10 @@ Every method — CAAP and the baselines it is compared with — is a plain funct
 one) and ``pixel_map`` ``[batch, H, W]`` for methods that work on pixels (integrated gradients, RISE),
 else None; a method may add a dict ``info`` of per-image diagnostics (integrated gradients' completeness
 error). `attribute` resolves images and targets once, times the call and wraps the maps in an
-`Attribution`; `METHODS` maps names to functions (filled in by ``caap_lens.baselines``).
+`Attribution`; `METHODS` maps names to functions (filled in by ``caap_lens.baselines``). A method
+that runs the unpatched model itself anyway (CAAP) sets ``fn.resolves_targets = True``: `attribute`
+then passes the target as given and the method returns ``info["targets"]`` and
+``info["source_output"]``, so the source is run once, not twice.
 
 Conventions shared by all methods:
 
@@ -42,7 +45,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from caap_lens.attribution.contexts import resolve_context
-from caap_lens.attribution.engine import prepare_images
+from caap_lens.attribution.engine import caap_settings, caap_with, prepare_images
 from caap_lens.attribution.scores import ScoreLike, resolve_score, scores_index_classes
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.grid import PatchGrid
@@ -75,9 +78,11 @@ class Attribution:
         targets: Class index per image ``[batch]``.
         grid: The model's patch grid.
         settings: Every option of the call, defaults included.
-        seconds: Wall time of target resolution plus the method.
+        timing: ``seconds``: wall time of target resolution plus the method (CAAP adds its
+            engine's timing, as in `CAAPResult`).
         info: Per-image diagnostics the method reports (e.g. integrated gradients'
             ``completeness_error`` ``[batch]``); empty for most methods.
+        source_output: The unpatched model output ``[batch, n_out]`` (float32, CPU).
     """
 
     map: PatchMap
@@ -86,8 +91,14 @@ class Attribution:
     targets: Targets
     grid: PatchGrid
     settings: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
+    timing: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    source_output: Optional[Float[Tensor, "batch n_out"]] = None
+
+    @property
+    def seconds(self) -> float:
+        """``timing["seconds"]``."""
+        return float(self.timing.get("seconds", 0.0))
 
     def to_pixels(self, mode: str = "nearest") -> PixelMap:
         """The pixel map if the method made one, else the patch map upsampled (``mode`` as `PatchGrid.to_pixels`)."""
@@ -177,13 +188,20 @@ def attribute(
     settings = _settings(name, fn, options)
     t0 = time.perf_counter()
     x = prepare_images(model, images)
-    with torch.inference_mode():
-        output = model(x)
-    targets = resolve_targets(model, target, output, scores_index_classes(settings.get("score", "logit")))
-    output = fn(model, x, targets, **options)
+    if getattr(fn, "resolves_targets", False):
+        output = fn(model, x, target, **options)
+        info = dict(output[2])
+        targets, source_output = info.pop("targets"), info.pop("source_output")
+        timing = dict(info.pop("timing", {}))
+    else:
+        with torch.inference_mode():
+            source_output = model(x).float().cpu()
+        targets = resolve_targets(model, target, source_output, scores_index_classes(settings.get("score", "logit")))
+        output = fn(model, x, targets, **options)
+        info = dict(output[2]) if len(output) > 2 else {}
+        timing = {}
     patch_map, pixel_map = output[0], output[1]
-    info = dict(output[2]) if len(output) > 2 else {}
-    seconds = time.perf_counter() - t0
+    timing["seconds"] = time.perf_counter() - t0
     patch_map = check_patch_map(model, patch_map, x.shape[0], name)
     if pixel_map is not None:
         expected = (x.shape[0], *model.cfg.image_size)
@@ -198,8 +216,9 @@ def attribute(
         targets=targets,
         grid=model.grid,
         settings={k: _describe(v) for k, v in settings.items()},
-        seconds=seconds,
+        timing=timing,
         info=info,
+        source_output=source_output,
     )
 
 
@@ -283,7 +302,7 @@ def context_image(model: Any, images: Images, context: Any) -> Images:
 def caap_attribution(
     model: Any,
     images: Images,
-    targets: Targets,
+    targets: TargetLike,
     *,
     layers: tuple[int, int] | None = None,
     context: Any = "mean",
@@ -292,22 +311,26 @@ def caap_attribution(
     relative: bool = False,
     batch_size: int = 64,
     dtype: torch.dtype | None = None,
-) -> MethodOutput:
+) -> tuple[PatchMap, None, dict[str, Any]]:
     """CAAP (Izadi et al., 2026, arXiv 2603.13652) in the baselines' call shape: its patch map, no pixels.
 
     `caap_lens.attribution.engine.caap` itself; the paper publishes no code, and the choices it leaves
-    open (context, hook, window, score) are the options below.
+    open (context, hook, window, score) are the options below. It resolves ``targets`` itself
+    (``resolves_targets``): anything `caap` takes, e.g. ``"predicted"`` or a ``[batch]`` tensor.
 
     Options are `caap`'s, for patch maps (regions and heads give other shapes: call `caap` itself).
 
-    Example:
-        >>> patch_map, _ = caap_attribution(model, images, torch.tensor([3, 3]), layers=(1, 3))  # doctest: +SKIP
-    """
-    from caap_lens.attribution.engine import caap
+    Returns:
+        ``(patch_map, None, {"targets", "source_output", "timing"})``.
 
-    images, targets = check_inputs(model, images, targets)
-    result = caap(
-        model, images, targets, layers=layers, context=context, hook=hook, score=score,
-        relative=relative, batch_size=batch_size, dtype=dtype,
-    )
-    return result.map, None
+    Example:
+        >>> patch_map, _, info = caap_attribution(model, images, torch.tensor([3, 3]), layers=(1, 3))  # doctest: +SKIP
+    """
+    settings = caap_settings(model, layers=layers, context=context, hook=hook, scores=[score], relative=relative,
+                             batch_size=batch_size, dtype=dtype)
+    result = caap_with(model, model.check_images(images), targets, settings, prepared=True)
+    return result.map, None, {"targets": result.targets, "source_output": result.source_output,
+                              "timing": result.timing}
+
+
+caap_attribution.resolves_targets = True  # type: ignore[attr-defined]
