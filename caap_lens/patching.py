@@ -21,11 +21,18 @@ short name      hook point                            activation shape
 ==============  ====================================  =========================================
 
 Example:
-    >>> _, cache = model.run_with_cache(source_images)  # doctest: +SKIP
+    >>> from caap_lens.config import HookedViTConfig
+    >>> from caap_lens.model.hooked_vit import HookedViT
+    >>> model = HookedViT(HookedViTConfig(n_layers=8, d_model=32, n_heads=2, d_mlp=64, image_size=32,
+    ...                                   patch_size=8, n_classes=3))
+    >>> source_images, context_images = torch.randn(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)
+    >>> _, cache = model.run_with_cache(source_images)
     >>> mask = token_mask_for_patches(model.grid, torch.tensor([0, 5]))  # rows patch token 1 and 6
     >>> hooks = patch_hooks(cache, "resid_pre", layers=range(4, 8), mask=mask,
     ...                     source_index=torch.tensor([0, 0]))
-    >>> logits = model.run_with_hooks(context_images.expand(2, -1, -1, -1), fwd_hooks=hooks)  # doctest: +SKIP
+    >>> logits = model.run_with_hooks(context_images.expand(2, -1, -1, -1), fwd_hooks=hooks)
+    >>> logits.shape  # one row per patched run
+    torch.Size([2, 3])
 """
 
 from __future__ import annotations

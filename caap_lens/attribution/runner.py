@@ -19,8 +19,20 @@ the window. What makes it fast:
   there (`HookedViT.output_from`): its queries, attention output and MLP cost one row, not ``pos``.
 
 Example:
-    >>> out = run_patched(model, ctx, source, "resid_pre", [(4, 8)], units, batch_size=64)  # doctest: +SKIP
+    >>> from caap_lens.attribution.contexts import resolve_context
+    >>> from caap_lens.attribution.units import patch_units
+    >>> from caap_lens.config import HookedViTConfig
+    >>> from caap_lens.model.hooked_vit import HookedViT
+    >>> model = HookedViT(HookedViTConfig(n_layers=4, d_model=32, n_heads=2, d_mlp=64, image_size=32,
+    ...                                   patch_size=8, n_classes=3))
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> names = {f"blocks.{layer}.hook_resid_pre" for layer in (1, 2)}
+    >>> with torch.inference_mode():
+    ...     _, source = source_run(model, x, names)
+    ...     ctx = resolve_context("mean").residuals(model, x, [1])
+    ...     out = run_patched(model, ctx, source, "resid_pre", [(1, 3)], patch_units(model.grid), batch_size=8)
     >>> out.shape  # [n_windows, batch, n_units, n_out]
+    torch.Size([1, 2, 16, 3])
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@
 scale included in ``attn_out``/``mlp_out``.
 
 Example:
+    >>> import torch
     >>> block = TransformerBlock(d_model=64, n_heads=4, d_head=16, d_mlp=256)
     >>> block(torch.randn(2, 5, 64)).shape
     torch.Size([2, 5, 64])

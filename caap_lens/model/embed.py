@@ -7,7 +7,7 @@ positions (zeros on prefix tokens when the model adds no position to them, as De
 Their sum is the residual stream before block 0 (before ``ln_pre`` in pre-norm models).
 
 Example:
-    >>> embed = PatchEmbed(d_model=64, patch_size=(8, 8), n_channels=3, n_prefix=1)
+    >>> embed = PatchEmbed(d_model=64, patch_size=(8, 8), n_channels=3, class_token=True)
     >>> embed(torch.randn(2, 3, 32, 32)).shape
     torch.Size([2, 17, 64])
 """
