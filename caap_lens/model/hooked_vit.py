@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import threading
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 from jaxtyping import Float
@@ -46,6 +46,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 
+from caap_lens import converters
 from caap_lens.config import HookedViTConfig
 from caap_lens.grid import PatchGrid
 from caap_lens.model.block import TransformerBlock
@@ -126,24 +127,102 @@ class HookedViT(HookedRootModule):
 
     # ----------------------------------------------------------------------------------- loading
     @classmethod
-    def from_timm(cls, model_or_name: Any, **timm_kwargs: Any) -> "HookedViT":
-        """Converts a timm ViT (a module, or a name passed to ``timm.create_model``).
+    def from_state_dict(
+        cls,
+        cfg: HookedViTConfig,
+        state_dict: Mapping[str, Tensor],
+        class_names: Sequence[str] | None = None,
+    ) -> "HookedViT":
+        """``cls(cfg)`` with ``state_dict`` loaded strictly, on the state dict's device and dtype.
 
-        See `caap_lens.loading.from_timm` for the families supported and the arguments.
+        The tensors are copied, so the model shares no memory with their source. Converters
+        (`caap_lens.converters`) return exactly such a ``(cfg, state_dict)`` pair.
+
+        Example:
+            >>> cfg = HookedViTConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=16, image_size=8,
+            ...                       patch_size=4, n_classes=3)
+            >>> copy = HookedViT.from_state_dict(cfg, HookedViT(cfg).double().state_dict())
+            >>> copy.dtype
+            torch.float64
+        """
+        like = state_dict["embed.proj.weight"]
+        model = cls(cfg, class_names=class_names).to(device=like.device, dtype=like.dtype)
+        model.load_state_dict(state_dict, strict=True)
+        return model
+
+    @classmethod
+    def from_timm(
+        cls,
+        model_or_name: nn.Module | str,
+        family: str | None = None,
+        class_names: Sequence[str] | None = None,
+        **timm_kwargs: Any,
+    ) -> "HookedViT":
+        """Converts a timm ViT: a module, or a name passed to ``timm.create_model``.
+
+        Supported families: see `caap_lens.converters.families` (an unsupported module fails before
+        anything is built, with an `UnsupportedModelError` naming them).
+
+        Args:
+            model_or_name: A timm model, or a name for ``timm.create_model``.
+            family: Check this family's rules instead of detecting the family.
+            class_names: Names of the classifier outputs (ImageNet names are filled in when timm
+                recognises an ImageNet head).
+            **timm_kwargs: Passed to ``timm.create_model`` when a name is given, e.g.
+                ``pretrained=True``, ``checkpoint_path="my_finetune.safetensors"`` (a local timm
+                checkpoint: the way to load your own weights), ``num_classes=10``, ``img_size=224``.
+
+        Returns:
+            The hooked model in eval mode, on the timm model's device and dtype, with weights copied
+            (a timm module passed in is put in eval mode, and is otherwise left alone).
 
         Example:
             >>> model = HookedViT.from_timm("vit_tiny_patch16_224", depth=2)  # random weights
+            >>> model.cfg.family, model.cfg.n_layers
+            ('vit', 2)
         """
-        from caap_lens.loading.timm_vit import from_timm  # loading sits above the model
-
-        return from_timm(model_or_name, **timm_kwargs)
+        if isinstance(model_or_name, str):
+            module, source = converters.create_timm(model_or_name, **timm_kwargs), model_or_name
+        else:
+            if timm_kwargs:
+                raise TypeError(
+                    f"timm keyword arguments {sorted(timm_kwargs)} only apply when a model name is given"
+                )
+            module, source = model_or_name, ""
+        cfg, state_dict = converters.convert_timm(module, family=family, source=source)
+        module.eval()
+        if class_names is None:
+            class_names = converters.imagenet_class_names(module, cfg.n_classes)
+        return cls.from_state_dict(cfg, state_dict, class_names=class_names)
 
     @classmethod
     def from_pretrained(cls, name: str, **kwargs: Any) -> "HookedViT":
-        """Loads a model bundled with caap_lens by name, offline (see `caap_lens.loading.bundled`)."""
-        from caap_lens.loading.bundled import load_bundled
+        """Loads a model bundled with caap_lens by name, offline (see `caap_lens.converters.bundled`).
 
-        return load_bundled(name, **kwargs)
+        Args:
+            name: A bundled model's name, e.g. ``"fashion-scenes-vit"``.
+            **kwargs: ``device`` and/or ``dtype`` to move the model to (default: CPU, float32).
+
+        Returns:
+            The hooked model in eval mode, with ``class_names`` set and the training input mean/std as
+            ``cfg.image_mean``/``cfg.image_std`` (used by ``model.preprocess``).
+
+        Example:
+            >>> HookedViT.from_pretrained("fashion-scenes-vit").cfg.grid_size
+            (8, 8)
+        """
+        unknown = set(kwargs) - {"device", "dtype"}
+        if unknown:
+            raise TypeError(
+                f"from_pretrained got unexpected keyword arguments {sorted(unknown)}; it accepts device, dtype"
+            )
+        from caap_lens.converters.bundled import convert_bundled
+
+        cfg, state_dict, class_names = convert_bundled(name)
+        model = cls.from_state_dict(cfg, state_dict, class_names=class_names)
+        if kwargs:
+            model = model.to(device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+        return model
 
     # ------------------------------------------------------------------------------------- input
     @property
