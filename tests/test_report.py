@@ -41,7 +41,7 @@ def run(tmp_path_factory):
     result = caap(model, x, target="predicted", layers=(1, 3))
     profile = depth_profile(model, x, result.targets)
     out = tmp_path_factory.mktemp("report")
-    path = write_report(out, model=model, image_tensor=x, result=result, profile=profile, source_output=logits,
+    path = write_report(out, model=model, image_tensor=x, result=result, profile=profile,
                         image_name="my scene.png", command="caap-lens explain 'my scene.png'")
     return {"model": model, "x": x, "logits": logits, "result": result, "profile": profile, "path": path,
             "out": out}
@@ -73,7 +73,11 @@ def test_map_json(run):
     assert settings["context"] == "mean" and settings["score"] == "logit"
     target = int(result.targets[0])
     assert record["target"] == {"index": target, "name": model.class_names[target]}
-    assert record["prediction"]["top"][0]["index"] == int(run["logits"].argmax())
+    probs = torch.softmax(run["logits"][0].double(), -1)  # the prediction is the unpatched model's
+    top = probs.topk(5)
+    assert [c["index"] for c in record["prediction"]["top"]] == top.indices.tolist()
+    np.testing.assert_allclose([c["score"] for c in record["prediction"]["top"]], top.values.numpy(), rtol=1e-5)
+    assert record["prediction"]["activation"] == "softmax"  # the config's default
     assert [p["patch"] for p in record["top_patches"]] == [p["patch"] for p in result.top_patches(5)]
     assert record["timing"]["seconds"] > 0 and record["timing"]["rows"] == 16
     assert len(record["depth_profile"]["maps"]) == 4 and record["depth_profile"]["layers"] == [0, 1, 2, 3]
@@ -111,15 +115,13 @@ def test_report_without_profile_and_with_sigmoid(run, tmp_path):
 def test_report_with_a_profile_of_some_patches(run, tmp_path):
     from caap_lens import depth_profile
     from caap_lens.report import write_report
+    from caap_lens.sweeps import window_sweep
 
     model, grid = run["model"], run["model"].grid
     patches = [p["patch"] for p in run["result"].top_patches(3)]
-    region = torch.zeros(3, *grid.grid_size, dtype=torch.bool)
-    for j, patch in enumerate(patches):
-        region[(j, *grid.rc_of(patch))] = True
-    partial = depth_profile(model, run["x"], run["result"].targets, region=region)
+    partial = depth_profile(model, run["x"], run["result"].targets, patches=patches[::-1])
     path = write_report(tmp_path, model=model, image_tensor=run["x"], result=run["result"], profile=partial,
-                        profile_patches=patches, source_output=run["logits"], image_name="p.png")
+                        image_name="p.png")
     prof = np.load(path.parent / "profile.npy")
     assert prof.shape == (4, 4, 4)
     full = run["profile"].maps[:, 0].numpy()
@@ -130,12 +132,15 @@ def test_report_with_a_profile_of_some_patches(run, tmp_path):
         else:
             assert np.isnan(prof[:, r, c]).all()
     record = json.loads((path.parent / "map.json").read_text())  # strict JSON: NaN written as null
-    assert record["depth_profile"]["patches"] == patches
+    assert record["depth_profile"]["patches"] == patches  # best first by the map
     page = path.read_text(encoding="utf-8")
     assert page.count("Plotly.newPlot(") == 5 and "covers 3 of 16 patches" in page  # no slider
-    with pytest.raises(ValueError, match="profile of 2 patches"):
-        write_report(tmp_path, model=model, image_tensor=run["x"], result=run["result"], profile=partial,
-                     profile_patches=patches[:2], source_output=run["logits"], image_name="q.png")
+    region = torch.zeros(3, *grid.grid_size, dtype=torch.bool)  # a profile of regions has no grid layout
+    region[0, 0, 0] = region[1, 1, 1] = region[2, 2, 2] = True
+    regions = window_sweep(model, run["x"], run["result"].targets, partial.windows, region=region)
+    with pytest.raises(ValueError, match="patches="):
+        write_report(tmp_path, model=model, image_tensor=run["x"], result=run["result"], profile=regions,
+                     image_name="q.png")
 
 
 def test_report_rejects_region_maps(run, tmp_path):
@@ -144,22 +149,57 @@ def test_report_rejects_region_maps(run, tmp_path):
 
     r = run["result"]
     regions = CAAPResult(map=torch.zeros(1, 3), targets=r.targets, source_score=r.source_score,
-                         context_score=r.context_score, grid=r.grid, settings=r.settings)
+                         context_score=r.context_score, grid=r.grid, settings=r.settings, source_output=r.source_output)
     with pytest.raises(ValueError, match="patch map"):
-        write_report(tmp_path, model=run["model"], image_tensor=run["x"], result=regions,
-                     source_output=run["logits"], image_name="x")
+        write_report(tmp_path, model=run["model"], image_tensor=run["x"], result=regions, image_name="x")
 
 
-def test_report_dir_and_activation():
-    from types import SimpleNamespace
-
-    from caap_lens.report import output_activation, report_dir
+def test_report_dir():
+    from caap_lens.report import report_dir
 
     assert report_dir("out", "dir/My Photo (1).PNG") == Path("out/My_Photo_1")
     assert report_dir("out", "...") == Path("out/image")
-    assert output_activation(SimpleNamespace(cfg=None)) == "softmax"
-    assert output_activation(SimpleNamespace(multi_label=True)) == "sigmoid"
-    assert output_activation(SimpleNamespace(cfg=SimpleNamespace(output_activation="sigmoid"))) == "sigmoid"
+
+
+def test_top_classes_follow_the_config_activation(run, monkeypatch):
+    from caap_lens.report import build_record
+
+    model = run["model"]
+    monkeypatch.setattr(model.cfg, "output_activation", "sigmoid")
+    record = build_record(model, run["x"], run["result"], image_name="s.png")
+    assert record.activation == "sigmoid" and record.to_json()["prediction"]["activation"] == "sigmoid"
+    expected = torch.sigmoid(run["logits"][0].double()).topk(5).values.numpy()
+    np.testing.assert_allclose([c["score"] for c in record.top_classes], expected, rtol=1e-5)
+    assert build_record(model, run["x"], run["result"], image_name="s.png", activation="logits").activation == "logits"
+
+
+def _normalised(text: str) -> str:
+    """A page or map.json without what differs between two writes: the time and plotly's random div ids."""
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", "<created>", text)
+    return re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "<id>", text)
+
+
+@pytest.mark.parametrize("with_profile", [True, False])
+def test_the_three_steps_by_hand_give_write_reports_files(run, tmp_path, with_profile):
+    from caap_lens.report import build_figures, build_record, render_html, write_report
+
+    model, x, result = run["model"], run["x"], run["result"]
+    profile = run["profile"] if with_profile else None
+    path = write_report(tmp_path / "a", model=model, image_tensor=x, result=result, profile=profile, image_name="s.png",
+                        k=3, command="cmd")
+    record = build_record(model, x, result, profile, image_name="s.png", k=3, command="cmd")
+    figures = build_figures(record)
+    assert list(figures) == ["image", "map", "classes"] + (["lines", "slider", "heat"] if with_profile else [])
+    page = render_html(record, figures)
+    folder = path.parent
+    assert _normalised(page) == _normalised(path.read_text(encoding="utf-8"))
+    assert page.count("Plotly.newPlot(") == len(figures) and "Top 3 patches" in page
+    assert _normalised(json.dumps(record.to_json(), indent=1)) == _normalised((folder / "map.json").read_text())
+    np.testing.assert_array_equal(np.load(folder / "map.npy"), record.map)
+    if with_profile:
+        np.testing.assert_array_equal(np.load(folder / "profile.npy"), record.profile.maps)
+    else:
+        assert record.profile is None and not (folder / "profile.npy").exists()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (looked for chromium, google-chrome)")
