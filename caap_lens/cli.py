@@ -18,23 +18,70 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import importlib
 import re
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from caap_lens import __version__
+from caap_lens.evaluation.cli import add_parser as add_evaluate  # `caap-lens evaluate` (its own module)
+
+# Imports of torch and of the library's torch-based modules (model, attribution, report) stay inside
+# the functions that need them: torch takes ~3 s to import, and `caap-lens --help` or a missing image
+# file is answered before that.
 
 DEFAULT_MODEL = "fashion-scenes-vit"
 REAL_MODEL = "dinov2-s14"  # the real DINOv2-S/14 backbone provisioned by `make real-model` (headless)
 REAL_PHOTO = "astronaut"  # the photo explained when --model dinov2-s14 is given no image (scikit-image)
 DEFAULT_OUT = "caap_lens_report"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-CONTEXTS = ("mean", "black", "blur", "noise", "mean_activation")
-SCORES = ("logit", "prob", "sigmoid", "log_prob", "margin")
 AUTO_DEPTH_ALL = 64  # grids up to this many patches get a depth profile of every patch by default
 AUTO_DEPTH_TOP = 16  # larger grids: the top patches of the map only
-HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "mlp_post")
+
+
+class RegistryChoices(Sequence[str]):
+    """The names in a registry of the library, read when argparse first needs them (help, a check).
+
+    The registries live in torch-based modules; reading them lazily keeps ``caap-lens --help`` and
+    the bad-input errors free of torch's import time.
+
+    Example:
+        >>> list(RegistryChoices("caap_lens.attribution.scores", "SCORES"))[:2]
+        ['logit', 'prob']
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.name))
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+    def __repr__(self) -> str:
+        return f"RegistryChoices({self.module}.{self.name})"
+
+
+CONTEXTS = RegistryChoices("caap_lens.attribution.contexts", "CONTEXTS")  # --context
+SCORES = RegistryChoices("caap_lens.attribution.scores", "SCORES")  # --score
+HOOKS = RegistryChoices("caap_lens.patching", "PATCHABLE_HOOKS")  # --hook
+PROBS = ("auto", "softmax", "sigmoid", "logits")  # --probs: auto is the model's cfg.output_activation
 
 _DESCRIPTION = "Causal Attribution via Activation Patching (CAAP) for Vision Transformers."
 _EXPLAIN_EPILOG = f"""\
@@ -60,8 +107,6 @@ class CLIError(Exception):
 # ------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``caap-lens`` argument parser."""
-    from caap_lens import __version__
-
     parser = argparse.ArgumentParser(prog="caap-lens", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"caap-lens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -96,9 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--depth-patches", default="auto", metavar="N|all",
                    help=f"patches in the depth profile: all, or the top N of the map (default: all up to "
                         f"{AUTO_DEPTH_ALL} patches, else the top {AUTO_DEPTH_TOP}; each costs n_layers runs)")
-    a.add_argument("--probs", default="auto", choices=("auto", "softmax", "sigmoid", "logits"),
-                   help="how top classes are scored (default: sigmoid for multi-label models such as the "
-                        "bundled one, else softmax)")
+    a.add_argument("--probs", default="auto", choices=PROBS,
+                   help="how top classes are scored (default: the model's output_activation: sigmoid for "
+                        "multi-label models such as the bundled one, else softmax)")
     r = ex.add_argument_group("running")
     r.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="patched runs per forward pass (default: 64)")
@@ -110,8 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     ex.set_defaults(func=explain)
-    from caap_lens.evaluation.cli import add_parser as add_evaluate  # `caap-lens evaluate` (its own module)
-
     add_evaluate(sub)
     return parser
 
@@ -197,9 +240,6 @@ def load_image(path: str | Path) -> Any:
     Raises:
         CLIError: missing, unreadable or not an image.
     """
-    import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     p = Path(path)
     if not p.exists():
         raise CLIError(f"image file not found: {path}")
@@ -229,24 +269,6 @@ def load_image(path: str | Path) -> Any:
     if mode in ("LA", "PA") or (mode == "P" and "transparency" in image.info):
         return image.convert("RGBA")
     return image.convert("RGB")
-
-
-def _bundled_names() -> list[str]:
-    try:
-        from caap_lens.loading.bundled import list_bundled
-    except ImportError:
-        return []
-    try:
-        items = list(list_bundled())
-    except Exception:  # a broken bundle must not hide timm models and checkpoints
-        return []
-    names = []
-    for item in items:
-        name = item if isinstance(item, str) else getattr(item, "name", None) or (
-            item.get("name") if isinstance(item, dict) else None)
-        if name:
-            names.append(str(name))
-    return names
 
 
 def _checkpoint_num_classes(path: Path) -> int | None:
@@ -295,6 +317,7 @@ def _class_names_arg(text: str | None) -> list[str] | None:
 
 def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
     """``(model, description, bundled name or None)`` from ``--model`` and friends."""
+    from caap_lens.loading.bundled import list_bundled
     from caap_lens.model.hooked_vit import HookedViT
 
     spec = args.model
@@ -304,7 +327,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
     timm_kwargs = parse_timm_args(args.timm_arg)
     class_names = _class_names_arg(args.class_names)
     path = Path(spec)
-    bundled = _bundled_names()
+    bundled = list_bundled()
     hint = ""
     is_file = path.suffix.lower() in CHECKPOINT_SUFFIXES or (path.exists() and spec not in bundled)
     try:
@@ -446,12 +469,13 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
     import torch
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     from caap_lens.attribution.engine import caap, default_window
-    from caap_lens.report import output_activation, write_report
+    from caap_lens.attribution.scores import self_similarity
+    from caap_lens.report import build_record, save_report
     from caap_lens.sweeps import depth_profile
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model, description, bundled = load_model(args)
     device = _device(args.device)
@@ -469,10 +493,7 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                        "run to the image's own embedding; drop --target and --score")
     target = None if headless else parse_target(args.target, model.class_names, model.cfg.n_classes)
     dtype = torch.bfloat16 if args.bf16 else None
-    if args.probs != "auto":
-        kind = args.probs
-    else:
-        kind = _bundled_activation(bundled) if bundled else output_activation(model)
+    kind = model.cfg.output_activation if args.probs == "auto" else args.probs
     command = "caap-lens " + shlex.join(list(argv)) if argv else "caap-lens explain"
     if not inputs:
         inputs = [_real_photo()] if args.model == REAL_MODEL else [_bundled_scene(bundled or DEFAULT_MODEL, args.scene)]
@@ -481,46 +502,23 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         name = _unique_name(Path(name).name, used)
         t_image = time.perf_counter()
         x = model.preprocess(image)
-        with torch.inference_mode():
-            logits = model(x).float()
         score: Any = args.score
-        if headless:  # which patches restore the image's own embedding
-            from caap_lens.attribution.scores import self_similarity
-
-            score, target = self_similarity(logits), torch.arange(1)
+        if headless:  # which patches restore the image's own embedding (the score needs it first)
+            with torch.inference_mode():
+                score, target = self_similarity(model(x).float()), torch.arange(1)
         common = dict(context=args.context, hook=args.hook, score=score, relative=args.relative,
                       batch_size=args.batch_size, dtype=dtype, progress=not args.no_progress)
         result = caap(model, x, target, layers=window, **common)
-        profile, patches = None, None
+        profile = None
         if not args.no_depth:
-            region = None
-            if depth_top is not None:  # one single-patch region per top patch: [k, gh, gw]
-                patches = [p["patch"] for p in result.top_patches(depth_top)]
-                region = torch.zeros(len(patches), *model.grid.grid_size, dtype=torch.bool)
-                for j, patch in enumerate(patches):
-                    region[(j, *model.grid.rc_of(patch))] = True
-            profile = depth_profile(model, x, result.targets, region=region, **common)
-        path = write_report(args.out, model=model, image_tensor=x, result=result, profile=profile,
-                            profile_patches=patches, source_output=logits, image_name=name, command=command,
-                            activation=kind)
-        _summary(i, len(inputs), name, model, logits[0], kind, result, profile, path, time.perf_counter() - t_image)
+            patches = None if depth_top is None else [p["patch"] for p in result.top_patches(depth_top)]
+            profile = depth_profile(model, x, result.targets, patches=patches, **common)
+        record = build_record(model, x, result, profile, image_name=name, activation=kind, command=command)
+        path = save_report(record, args.out)
+        _summary(i, len(inputs), record, path, time.perf_counter() - t_image)
     if len(inputs) > 1:
         print(f"{len(inputs)} reports in {args.out}/ ({time.perf_counter() - t_start:.1f} s in all)")
     return 0
-
-
-def _bundled_activation(name: str) -> str:
-    """Bundled models are multi-label scene classifiers (sigmoid) unless their config says otherwise."""
-    try:
-        from caap_lens.loading.bundled import bundled_config
-
-        config = bundled_config(name)
-    except Exception:  # an older bundle API or no config: the documented default
-        return "sigmoid"
-    kind = config.get("output_activation")
-    if kind in ("softmax", "sigmoid", "logits"):
-        return kind
-    return "softmax" if config.get("multi_label") is False else "sigmoid"
 
 
 def _real_photo() -> tuple[str, Any]:
@@ -546,33 +544,31 @@ def _bundled_scene(name: str, index: int) -> tuple[str, Any]:
     return f"scene_{index}.png", scenes.images[index]
 
 
-def _summary(i: int, n: int, name: str, model: Any, logits: Any, kind: str, result: Any, profile: Any,
-             path: Path, seconds: float) -> None:
-    from caap_lens.plot.classes import AXIS_TITLES, class_label, top_classes
+def _summary(i: int, n: int, record: Any, path: Path, seconds: float) -> None:
+    """Prints what the report of one image (a `caap_lens.report.ReportRecord`) shows, in a few lines."""
+    from caap_lens.plot.classes import AXIS_TITLES, class_label
 
-    from caap_lens.report import HEADLESS_TARGET
-
-    names = model.class_names
-    top = top_classes(logits, names, 1, kind)[0] if model.head is not None else None
-    target = int(result.targets[0])
-    s = result.settings
-    lines = [f"[{i + 1}/{n}] {name}"]
-    if top is not None:
-        lines.append(f"  prediction:  {class_label(top['index'], names)}, {AXIS_TITLES[kind]} {top['score']:.3f}")
-    label = class_label(target, names) if model.head is not None else HEADLESS_TARGET
-    lines.append(f"  target:      {label}; {s['score']}: source "
-                 f"{float(result.source_score[0]):.4g}, context {float(result.context_score[0]):.4g}")
+    names, s = record.class_names, record.settings
+    lines = [f"[{i + 1}/{n}] {record.image_name}"]
+    if record.top_classes:
+        top = record.top_classes[0]
+        lines.append(f"  prediction:  {class_label(top['index'], names)}, {AXIS_TITLES[record.activation]} "
+                     f"{top['score']:.3f}")
+    label = class_label(record.target["index"], names) if record.has_classes else record.target["name"]
+    lines.append(f"  target:      {label}; {s['score']}: source {record.source_score:.4g}, "
+                 f"context {record.context_score:.4g}")
     lines.append(f"  window:      layers [{s['layers'][0]}, {s['layers'][1]}), hook {s['hook']}, context {s['context']}"
                  + (", relative" if s.get("relative") else ""))
     lines.append("  top patches: " + "  ".join(
-        f"#{p['patch']} (r{p['row']},c{p['col']}) {p['value']:.4g}" for p in result.top_patches(5)))
+        f"#{p['patch']} (r{p['row']},c{p['col']}) {p['value']:.4g}" for p in record.top_patches))
     depth = ""
-    if profile is not None:
-        n_units = profile.maps.shape[-1] if profile.maps.ndim == 3 else model.grid.n_patches
-        n_windows = len(profile.windows)
-        depth = (f", depth profile {profile.timing['seconds']:.2f} s ({n_units} patches x {n_windows} "
+    prof = record.profile
+    if prof is not None:
+        n_units = record.grid.n_patches if prof.patches is None else len(prof.patches)
+        n_windows = len(prof.windows)
+        depth = (f", depth profile {prof.timing['seconds']:.2f} s ({n_units} patches x {n_windows} "
                  f"layer{'s' if n_windows != 1 else ''})")
-    lines.append(f"  time:        map {result.timing['seconds']:.2f} s{depth}, total {seconds:.2f} s")
+    lines.append(f"  time:        map {record.timing['seconds']:.2f} s{depth}, total {seconds:.2f} s")
     lines.append(f"  report:      {path}")
     print("\n".join(lines), flush=True)
 
