@@ -182,3 +182,29 @@ def test_checkpoint_num_classes_unreadable_is_a_value_error(tmp_path):
         checkpoint_num_classes(bad)
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         checkpoint_num_classes(tmp_path / "missing.pth")
+
+
+def test_from_state_dict_is_strict():
+    cfg, state_dict = convert_timm(make_timm("vit_tiny_patch16_224"))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        HookedViT.from_state_dict(cfg, {k: v for k, v in state_dict.items() if k != "head.bias"})
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        HookedViT.from_state_dict(cfg, {**state_dict, "blocks.9.ln1.w": torch.ones(192)})
+
+
+def test_loading_reexports_the_converters_names():
+    """Existing imports from caap_lens.loading keep working and name the very same objects."""
+    from caap_lens import converters, loading
+    from caap_lens.converters import bundled, families, real_dinov2
+    from caap_lens.loading import bundled as loading_bundled
+    from caap_lens.loading import real_dinov2 as rd
+    from caap_lens.loading import timm_vit
+
+    assert loading.checkpoint_num_classes is converters.checkpoint_num_classes
+    assert loading.UnsupportedModelError is timm_vit.UnsupportedModelError is families.UnsupportedModelError
+    assert loading.CONVERTERS is FAMILIES and loading.detect_family is families.detect_family
+    for name in ("checkpoint_path", "state_dict_from_onnx", "resample_grid", "cache_dir", "onnx_path",
+                 "MissingRealWeightsError", "TIMM_ARCH", "SIZES", "ONNX_MEMBER"):
+        assert getattr(rd, name) is getattr(real_dinov2, name), name
+    assert loading_bundled.load_bundled_timm is bundled.bundled_timm
+    assert loading_bundled.bundled_config is bundled.bundled_config

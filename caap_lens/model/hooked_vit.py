@@ -145,8 +145,10 @@ class HookedViT(HookedRootModule):
             >>> copy.dtype
             torch.float64
         """
-        like = state_dict["embed.proj.weight"]
-        model = cls(cfg, class_names=class_names).to(device=like.device, dtype=like.dtype)
+        model = cls(cfg, class_names=class_names)
+        like = state_dict.get("embed.proj.weight")  # missing: the strict load below names every missing key
+        if like is not None:
+            model = model.to(device=like.device, dtype=like.dtype)
         model.load_state_dict(state_dict, strict=True)
         return model
 
