@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from caap_lens import __version__
+from caap_lens._timm import import_timm  # light: imports timm when called
 from caap_lens.evaluation.cli import add_parser as add_evaluate  # `caap-lens evaluate` (its own module)
 
 # Imports of torch and of the library's torch-based modules (model, attribution, report) stay inside
@@ -302,6 +303,13 @@ def _checkpoint_num_classes(path: Path) -> int | None:
     return None
 
 
+def _bundled_names() -> list[str]:
+    """Names of the bundled models (also read by `caap-lens evaluate`)."""
+    from caap_lens.loading.bundled import list_bundled
+
+    return list_bundled()
+
+
 def _class_names_arg(text: str | None) -> list[str] | None:
     if not text:
         return None
@@ -317,7 +325,6 @@ def _class_names_arg(text: str | None) -> list[str] | None:
 
 def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
     """``(model, description, bundled name or None)`` from ``--model`` and friends."""
-    from caap_lens.loading.bundled import list_bundled
     from caap_lens.model.hooked_vit import HookedViT
 
     spec = args.model
@@ -327,7 +334,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
     timm_kwargs = parse_timm_args(args.timm_arg)
     class_names = _class_names_arg(args.class_names)
     path = Path(spec)
-    bundled = list_bundled()
+    bundled = _bundled_names()
     hint = ""
     is_file = path.suffix.lower() in CHECKPOINT_SUFFIXES or (path.exists() and spec not in bundled)
     try:
@@ -390,8 +397,6 @@ def _checked_names(names: list[str], n: int) -> tuple[str, ...]:
 
 
 def _check_timm_name(name: str, flag: str, bundled: Sequence[str] = ()) -> None:
-    from caap_lens._timm import import_timm
-
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):  # timm loads these itself
         return
     timm = import_timm()
@@ -532,10 +537,8 @@ def _real_photo() -> tuple[str, Any]:
 
 
 def _bundled_scene(name: str, index: int) -> tuple[str, Any]:
-    try:
-        from caap_lens.loading.bundled import load_bundled_scenes
-    except ImportError:
-        raise CLIError("no image given and no bundled sample scenes in this installation: pass image files") from None
+    from caap_lens.loading.bundled import load_bundled_scenes
+
     scenes = load_bundled_scenes(name)
     if not 0 <= index < len(scenes.images):
         raise CLIError(f"--scene {index} is out of range: {len(scenes.images)} bundled scenes")
