@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from jaxtyping import Float
+from jaxtyping import Float, UInt8
 from torch import Tensor
 
 import caap_lens
@@ -159,7 +159,7 @@ class ReportRecord:
     """
 
     image_name: str
-    image: np.ndarray
+    image: UInt8[np.ndarray, "height width 3"]
     map: Float[np.ndarray, "grid_h grid_w"]
     grid: PatchGrid
     model: dict[str, Any]
