@@ -31,6 +31,7 @@ from caap_lens.attribution.runner import Window
 from caap_lens.attribution.scores import ScoreLike
 from caap_lens.attribution.targets import TargetLike
 from caap_lens.grid import PatchGrid
+from caap_lens.model.protocol import HookedViTLike
 
 
 @dataclass
@@ -78,7 +79,7 @@ def all_windows(n_layers: int) -> list[Window]:
 
 
 def window_sweep(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     target: TargetLike = "predicted",
     windows: Sequence[Window] | str = "all",
@@ -96,11 +97,11 @@ def window_sweep(
 ) -> WindowSweepResult:
     """CAAP maps for many windows, sharing patched trajectories between windows with one start.
 
+    The other arguments are `caap`'s.
+
     Args:
         model: A `HookedViT`.
         windows: ``"all"`` or a list of ``(start, stop)``.
-        images, target, context, hook, score, relative, region, heads, batch_size, dtype, progress,
-            fwd_hooks: As in `caap`.
     """
     if isinstance(windows, str):
         if windows != "all":
@@ -125,7 +126,7 @@ def window_sweep(
     )
 
 
-def _patch_regions(model: Any, patches: Any, batch: int) -> tuple[Tensor, Tensor]:
+def _patch_regions(model: HookedViTLike, patches: Any, batch: int) -> tuple[Tensor, Tensor]:
     """``(region [1 or batch, k, gh, gw], index [1 or batch, k])`` for flat patch indices ``[k]`` or ``[batch, k]``."""
     index = torch.as_tensor(patches)
     n = model.grid.n_patches
@@ -143,7 +144,7 @@ def _patch_regions(model: Any, patches: Any, batch: int) -> tuple[Tensor, Tensor
 
 
 def depth_profile(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     target: TargetLike = "predicted",
     *,
@@ -159,11 +160,11 @@ def depth_profile(
 ) -> WindowSweepResult:
     """Single-layer windows ``(l, l + 1)`` for every layer: maps ``[n_layers, batch, gh, gw]``.
 
+    The other arguments are `caap`'s.
+
     Args:
         patches: Run these patches only — flat indices ``[k]`` (every image) or ``[batch, k]``
             (per image); the maps keep the grid shape, NaN at the patches not run. Default: all.
-        model, images, target, context, hook, score, relative, batch_size, dtype, progress, fwd_hooks:
-            As in `caap`.
     """
     windows = [(layer, layer + 1) for layer in range(model.cfg.n_layers)]
     options = dict(context=context, hook=hook, score=score, relative=relative, batch_size=batch_size,
@@ -181,7 +182,7 @@ def depth_profile(
 
 
 def context_sweep(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     target: TargetLike = "predicted",
     contexts: Sequence[Any] = ("mean", "black", "blur", "noise"),
@@ -218,7 +219,7 @@ def context_sweep(
 
 
 def score_sweep(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     target: TargetLike = "predicted",
     scores: Sequence[ScoreLike] = ("logit", "prob", "log_prob", "margin"),

@@ -118,3 +118,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     for variant, row in DIFFS.items():
         cells = " ".join(f"{row[c]:>18.3e}" if c in row else f"{'-':>18}" for c in columns)
         tr.write_line(f"{variant:<22} {cells}")
+
+
+@pytest.fixture
+def no_shape_checks() -> Any:
+    """Turns the session's runtime shape checks off for one test.
+
+    For tests of the library's own error messages on wrongly shaped tensors: users run without the
+    checks, so the message they see is the function's own, and the checks would pre-empt it.
+    """
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)

@@ -248,7 +248,7 @@ def test_patch_hooks_names_a_missing_cache_entry(model):
         ("blocks.0.attn.hook_z", (2, 17, 4)),  # 4 heads for a 3-head model
     ],
 )
-def test_mask_of_the_wrong_shape_is_an_error_and_hooks_are_removed(model, hook_name, mask_shape):
+def test_mask_of_the_wrong_shape_is_an_error_and_hooks_are_removed(model, hook_name, mask_shape, no_shape_checks):
     x = _images(2, seed=60)
     with torch.no_grad():
         _, cache = model.run_with_cache(x, names_filter=lambda n: n == hook_name)

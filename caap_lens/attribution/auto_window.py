@@ -36,6 +36,7 @@ from caap_lens.attribution.engine import caap_settings, patched_scores, prepare_
 from caap_lens.attribution.runner import Window
 from caap_lens.attribution.result import CAAPResult, PatchedScores
 from caap_lens.attribution.scores import ScoreLike, resolve_score
+from caap_lens.model.protocol import HookedViTLike
 
 __all__ = ["AutoWindow", "FRACTIONS", "caap_auto", "candidate_windows", "choose_window"]
 
@@ -84,7 +85,7 @@ class AutoWindow:
     run: PatchedScores
 
 
-def _context_image(model: Any, images: Tensor, context: Any) -> Tensor:
+def _context_image(model: HookedViTLike, images: Tensor, context: Any) -> Tensor:
     ctx = resolve_context(context)
     image = getattr(ctx, "image", None)
     if image is None:
@@ -92,7 +93,7 @@ def _context_image(model: Any, images: Tensor, context: Any) -> Tensor:
     return image(model, images).expand_as(images)  # some contexts give one image for the whole batch
 
 
-def _insertion_scores(model: Any, images: Tensor, ctx_images: Tensor, maps: Tensor, targets: Tensor,
+def _insertion_scores(model: HookedViTLike, images: Tensor, ctx_images: Tensor, maps: Tensor, targets: Tensor,
                       score: Any, fractions: Sequence[float], batch_size: int) -> Tensor:
     """``[n_candidates, batch]`` mean score over the insertion steps of each candidate map."""
     grid = model.grid
@@ -118,7 +119,7 @@ def _insertion_scores(model: Any, images: Tensor, ctx_images: Tensor, maps: Tens
 
 
 def choose_window(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     target: Any = "predicted",
     *,
@@ -162,7 +163,7 @@ def choose_window(
                       criterion=crit, maps=sweep, index=index, run=run)
 
 
-def caap_auto(model: Any, images: Any, target: Any = "predicted", *, relative: bool = False,
+def caap_auto(model: HookedViTLike, images: Any, target: Any = "predicted", *, relative: bool = False,
               **options: Any) -> CAAPResult:
     """`caap` with ``layers="auto"``: each image's map for the window `choose_window` picks for it.
 

@@ -38,8 +38,10 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+from caap_lens.model.protocol import HookedViTLike
 
 Images = Float[Tensor, "batch channel height width"]
+ContextImages = Float[Tensor, "#batch channel height width"]  # one image for all, or one per image
 Resid = Float[Tensor, "batch pos d_model"]
 
 
@@ -48,12 +50,12 @@ class Context(Protocol):
 
     name: str
 
-    def residuals(self, model: Any, images: Images, layers: Sequence[int]) -> dict[int, Resid]:
+    def residuals(self, model: HookedViTLike, images: Images, layers: Sequence[int]) -> dict[int, Resid]:
         """Residual stream ``[batch, pos, d_model]`` before each block in ``layers``."""
         ...
 
 
-def residuals_of_images(model: Any, images: Images, layers: Sequence[int]) -> dict[int, Resid]:
+def residuals_of_images(model: HookedViTLike, images: Images, layers: Sequence[int]) -> dict[int, Resid]:
     """Runs ``images`` once, up to the deepest layer asked for, and keeps the residuals on the way."""
     layers = sorted(set(layers))
     out: dict[int, Resid] = {}
@@ -72,17 +74,17 @@ class ImageContext:
 
     name = "image"
 
-    def image(self, model: Any, images: Images) -> Images:
+    def image(self, model: HookedViTLike, images: Images) -> ContextImages:
         raise NotImplementedError
 
-    def residuals(self, model: Any, images: Images, layers: Sequence[int]) -> dict[int, Resid]:
+    def residuals(self, model: HookedViTLike, images: Images, layers: Sequence[int]) -> dict[int, Resid]:
         context = self.image(model, images)
         if context.shape[0] == 1 and images.shape[0] > 1:
             context = context.expand(images.shape[0], -1, -1, -1)
         return residuals_of_images(model, context, layers)
 
 
-def _constant_pixels(model: Any, images: Images, pixel: Sequence[float]) -> Images:
+def _constant_pixels(model: HookedViTLike, images: Images, pixel: Sequence[float]) -> ContextImages:
     mean = torch.tensor(model.cfg.image_mean, dtype=images.dtype, device=images.device)
     std = torch.tensor(model.cfg.image_std, dtype=images.dtype, device=images.device)
     value = (torch.tensor(pixel, dtype=images.dtype, device=images.device) - mean) / std
@@ -94,7 +96,7 @@ class MeanColourContext(ImageContext):
 
     name = "mean"
 
-    def image(self, model: Any, images: Images) -> Images:
+    def image(self, model: HookedViTLike, images: Images) -> ContextImages:
         return _constant_pixels(model, images, model.cfg.image_mean)
 
 
@@ -103,7 +105,7 @@ class BlackContext(ImageContext):
 
     name = "black"
 
-    def image(self, model: Any, images: Images) -> Images:
+    def image(self, model: HookedViTLike, images: Images) -> ContextImages:
         return _constant_pixels(model, images, [0.0] * model.cfg.n_channels)
 
 
@@ -116,7 +118,7 @@ class BlurContext(ImageContext):
         self.sigma = float(sigma)
         self.name = f"blur(sigma={sigma:g})"
 
-    def image(self, model: Any, images: Images) -> Images:
+    def image(self, model: HookedViTLike, images: Images) -> ContextImages:
         radius = max(1, int(3 * self.sigma))
         radius = min(radius, min(images.shape[-2:]) - 1)
         x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
@@ -136,7 +138,7 @@ class NoiseContext(ImageContext):
         self.seed = int(seed)
         self.name = f"noise(seed={seed})"
 
-    def image(self, model: Any, images: Images) -> Images:
+    def image(self, model: HookedViTLike, images: Images) -> ContextImages:
         gen = torch.Generator().manual_seed(self.seed)
         pixels = torch.rand(1, *images.shape[1:], generator=gen).to(images.device, images.dtype)
         mean = torch.tensor(model.cfg.image_mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
@@ -157,7 +159,7 @@ class GivenImageContext(ImageContext):
             )
         self.context = image if image.ndim == 4 else image.unsqueeze(0)
 
-    def image(self, model: Any, images: Images) -> Images:
+    def image(self, model: HookedViTLike, images: Images) -> ContextImages:
         ctx = self.context
         if ctx.ndim != 4 or tuple(ctx.shape[1:]) != tuple(images.shape[1:]) or ctx.shape[0] not in (1, images.shape[0]):
             raise ValueError(
@@ -176,7 +178,7 @@ class CallableContext(ImageContext):
         self.fn = fn
         self.name = getattr(fn, "__name__", "custom")
 
-    def image(self, model: Any, images: Images) -> Images:
+    def image(self, model: HookedViTLike, images: Images) -> ContextImages:
         return GivenImageContext(self.fn(model, images)).image(model, images)
 
 
@@ -188,7 +190,7 @@ class MeanActivationContext:
     def __init__(self, reference: Images | None = None):
         self.reference = reference
 
-    def residuals(self, model: Any, images: Images, layers: Sequence[int]) -> dict[int, Resid]:
+    def residuals(self, model: HookedViTLike, images: Images, layers: Sequence[int]) -> dict[int, Resid]:
         n_prefix = model.cfg.n_prefix_tokens
         out = {}
         if self.reference is None:  # per image: never mixes an image with its batch mates

@@ -50,6 +50,7 @@ from caap_lens.attribution.settings import (  # re-exported: they were defined h
 )
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.attribution.units import Units, check_heads, head_units, patch_units, region_units
+from caap_lens.model.protocol import HookedViTLike
 from caap_lens.patching import patchable_hook_name
 from caap_lens.preprocessing import check_finite, warn_if_unnormalised
 
@@ -57,7 +58,7 @@ __all__ = ["caap", "patched_scores", "prepare_images", "build_units", "CAAPSetti
            "check_window", "check_batch_size", "default_window"]
 
 
-def prepare_images(model: Any, images: Any) -> Tensor:
+def prepare_images(model: HookedViTLike, images: Any) -> Tensor:
     """A checked, normalised batch: tensors are checked, anything else goes through ``preprocess``.
 
     Raises:
@@ -93,7 +94,7 @@ def _score_values(fn: Any, name: str, output: Tensor, targets: Tensor) -> Tensor
     return values.reshape(rows).float()
 
 
-def build_units(model: Any, batch: int, region: Tensor | None, heads: Any) -> Units:
+def build_units(model: HookedViTLike, batch: int, region: Tensor | None, heads: Any) -> Units:
     """Patches (default) or regions, optionally split per head."""
     units = patch_units(model.grid) if region is None else region_units(model.grid, region, batch)
     heads = check_heads(heads, model.cfg.n_heads)
@@ -122,7 +123,7 @@ class _Progress:
 
 
 def patched_scores(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     target: TargetLike,
     settings: CAAPSettings,
@@ -153,7 +154,7 @@ def patched_scores(
 
 
 def _patched_scores(
-    model: Any, images: Any, target: TargetLike, settings: CAAPSettings, units: Units | None, prepared: bool
+    model: HookedViTLike, images: Any, target: TargetLike, settings: CAAPSettings, units: Units | None, prepared: bool
 ) -> PatchedScores:
     t0 = time.perf_counter()
     windows, hook = settings.windows, settings.hook
@@ -198,7 +199,7 @@ def _patched_scores(
 
 
 def caap(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     target: TargetLike = "predicted",
     *,
@@ -263,7 +264,7 @@ def caap(
     return caap_with(model, images, target, settings)
 
 
-def caap_with(model: Any, images: Any, target: TargetLike, settings: CAAPSettings, *,
+def caap_with(model: HookedViTLike, images: Any, target: TargetLike, settings: CAAPSettings, *,
               prepared: bool = False) -> CAAPResult:
     """`caap` with settings made by `caap_settings` (one window, or ``per_layer`` windows; one score)."""
     run = patched_scores(model, images, target, settings, prepared=prepared)

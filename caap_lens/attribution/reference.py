@@ -21,11 +21,12 @@ from torch import Tensor
 from caap_lens.attribution.contexts import ImageContext, resolve_context
 from caap_lens.attribution.scores import scores_index_classes, ScoreLike, resolve_score
 from caap_lens.attribution.targets import resolve_targets
+from caap_lens.model.protocol import HookedViTLike
 from caap_lens.patching import patch_hooks, resolve_hook, token_mask_for_patches
 
 
 def caap_naive(
-    model: Any,
+    model: HookedViTLike,
     images: Tensor,
     target: Any = "predicted",
     layers: tuple[int, int] = (0, 1),

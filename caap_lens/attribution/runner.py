@@ -45,19 +45,20 @@ from jaxtyping import Float
 from torch import Tensor
 
 from caap_lens.attribution.units import Units
+from caap_lens.model.protocol import HookedViTLike
 from caap_lens.patching import patch_from_source, patchable_hook_name
 
 Window = tuple[int, int]
 
 
-def model_lock(model: Any) -> Any:
+def model_lock(model: HookedViTLike) -> Any:
     """The model's re-entrant lock (`HookedViT.lock`), or a no-op for models without one."""
     lock = getattr(model, "lock", None)
     return lock if lock is not None else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def lowered_blocks(model: Any, dtype: torch.dtype | None) -> Iterator[None]:
+def lowered_blocks(model: HookedViTLike, dtype: torch.dtype | None) -> Iterator[None]:
     """Runs the transformer blocks with ``dtype`` weights, restoring the originals exactly afterwards.
 
     The parameters keep their identity (hooks and references stay valid); only their data is swapped
@@ -82,19 +83,19 @@ def lowered_blocks(model: Any, dtype: torch.dtype | None) -> Iterator[None]:
                 param.data = data
 
 
-def run_blocks(model: Any, resid: Tensor, start: int, stop: int) -> Tensor:
+def run_blocks(model: HookedViTLike, resid: Tensor, start: int, stop: int) -> Tensor:
     """Blocks ``[start, stop)`` on a residual stream."""
     for block in model.blocks[start:stop]:
         resid = block(resid)
     return resid
 
 
-def finish(model: Any, resid: Tensor, start: int) -> Tensor:
+def finish(model: HookedViTLike, resid: Tensor, start: int) -> Tensor:
     """Unpatched run from block ``start`` to the output (see `HookedViT.output_from`)."""
     return model.output_from(resid, start).to(model.dtype)
 
 
-def source_run(model: Any, images: Tensor, hook_names: set[str]) -> tuple[Tensor, dict[str, Tensor]]:
+def source_run(model: HookedViTLike, images: Tensor, hook_names: set[str]) -> tuple[Tensor, dict[str, Tensor]]:
     """The source output and its activations at ``hook_names``."""
     cache: dict[str, Tensor] = {}
 
@@ -125,7 +126,7 @@ def _chunks(n_rows: int, batch_size: int) -> Iterator[tuple[int, int]]:
 
 
 def run_patched(
-    model: Any,
+    model: HookedViTLike,
     context_resid: dict[int, Float[Tensor, "batch pos d_model"]],
     source: dict[str, Tensor],
     hook: str,

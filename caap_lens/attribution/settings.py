@@ -24,7 +24,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -33,14 +33,10 @@ from caap_lens.attribution.contexts import resolve_context
 from caap_lens.attribution.runner import Window
 from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes
 from caap_lens.attribution.units import check_heads
+from caap_lens.model.protocol import HookedViTLike
 from caap_lens.patching import resolve_hook
 
 LOWER_DTYPES = (torch.bfloat16, torch.float16)
-
-
-class _HasDepth(Protocol):  # what checking settings needs from a model
-    cfg: Any
-    hook_dict: Any
 
 
 def default_window(n_layers: int) -> Window:
@@ -54,7 +50,7 @@ def default_window(n_layers: int) -> Window:
     return (start, max(start + 1, (2 * n_layers) // 3))
 
 
-def check_window(model: _HasDepth, layers: Any) -> Window:
+def check_window(model: HookedViTLike, layers: Any) -> Window:
     """Validates a ``(start, stop)`` window against the model's depth."""
     n = model.cfg.n_layers
     try:
@@ -85,7 +81,7 @@ def check_batch_size(batch_size: Any) -> int:
     return value
 
 
-def check_fwd_hooks(model: _HasDepth, fwd_hooks: Any) -> tuple[tuple[Any, Any], ...]:
+def check_fwd_hooks(model: HookedViTLike, fwd_hooks: Any) -> tuple[tuple[Any, Any], ...]:
     """``fwd_hooks`` as TransformerLens takes them: ``(hook name or name filter, fn)`` pairs, names known."""
     names = getattr(model, "hook_dict", None)
     for item in fwd_hooks:
@@ -188,7 +184,7 @@ class CAAPSettings(Mapping):
 
 
 def caap_settings(
-    model: _HasDepth,
+    model: HookedViTLike,
     *,
     layers: Window | None = None,
     windows: Sequence[Window] | None = None,
@@ -206,13 +202,15 @@ def caap_settings(
 ) -> CAAPSettings:
     """Checks every CAAP option once against ``model`` and freezes them.
 
+    ``context``, ``hook``, ``relative``, ``region``, ``heads``, ``batch_size``, ``dtype``, ``progress``
+    and ``fwd_hooks`` are as in `caap` (``hook`` defaults to ``"z"`` when ``heads`` is set, else
+    ``"resid_pre"``).
+
     Args:
         model: The model the run is for (its depth and heads bound the windows and heads).
         layers: One window (default `default_window`); with ``per_layer``, split into its layers.
         windows: Several windows instead of ``layers`` (the sweeps).
         per_layer: Each layer of ``layers`` is its own window; needs ``heads``.
-        context, hook, relative, region, heads, batch_size, dtype, progress, fwd_hooks: As in `caap`;
-            ``hook`` defaults to ``"z"`` when ``heads`` is set, else ``"resid_pre"``.
         scores: Scores read from the same patched runs; their names must differ.
 
     Raises:

@@ -23,6 +23,7 @@ from typing import Any, Sequence, Union
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from caap_lens.model.protocol import HookedViTLike
 
 TargetLike = Union[str, int, Sequence[Union[int, str]], Tensor]
 
@@ -30,7 +31,7 @@ TargetLike = Union[str, int, Sequence[Union[int, str]], Tensor]
 _TARGET_HINT = "a class index (int), a class name, 'predicted', or one of those per image"
 
 
-def _one(model: Any, target: Any, n_out: int | None) -> int:
+def _one(model: HookedViTLike, target: Any, n_out: int | None) -> int:
     if isinstance(target, (bool, type(None))) or type(target).__name__ == "bool_":
         raise ValueError(f"target {target!r} is not a class: give {_TARGET_HINT}")
     if isinstance(target, str):
@@ -57,7 +58,7 @@ def _one(model: Any, target: Any, n_out: int | None) -> int:
 
 
 def resolve_targets(
-    model: Any,
+    model: HookedViTLike,
     target: TargetLike,
     source_output: Float[Tensor, "batch n_out"],
     check_range: bool = True,

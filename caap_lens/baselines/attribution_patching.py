@@ -53,12 +53,13 @@ from caap_lens.baselines.base import (
     grads_of,
     target_scores,
 )
+from caap_lens.model.protocol import HookedViTLike
 from caap_lens.patching import patchable_hook_name
 from caap_lens.stats import pearson, spearman
 
 
 def attribution_patching(
-    model: Any,
+    model: HookedViTLike,
     images: Images,
     targets: Targets,
     *,
@@ -110,7 +111,7 @@ def attribution_patching(
 
 # -------------------------------------------------------------------------------------- fidelity
 def fidelity(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     target: TargetLike = "predicted",
     *,

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from caap_lens.attribution.scores import ScoreLike
 from caap_lens.baselines.base import Images, Targets, check_inputs, gradients_enabled, grads_of, target_scores
+from caap_lens.model.protocol import HookedViTLike
 
 Hook = Callable[..., Tensor]
 
@@ -86,7 +87,7 @@ def identity_rule(pre: Tensor, post: Tensor, eps: float = 1e-12) -> Tensor:
     return post.detach() + (pre - pre.detach()) * ratio
 
 
-def _norm_names(model: Any) -> list[str]:
+def _norm_names(model: HookedViTLike) -> list[str]:
     names = []
     for name, module in model.named_modules():
         if hasattr(module, "hook_scale") and hasattr(module, "hook_normalized"):
@@ -94,7 +95,7 @@ def _norm_names(model: Any) -> list[str]:
     return names
 
 
-def lrp_hooks(model: Any, softmax: Literal["attnlrp", "cp"] = "attnlrp") -> list[tuple[str, Hook]]:
+def lrp_hooks(model: HookedViTLike, softmax: Literal["attnlrp", "cp"] = "attnlrp") -> list[tuple[str, Hook]]:
     """The forward hooks that turn ``x · gradient`` into AttnLRP relevance on ``model``.
 
     Args:
@@ -131,7 +132,7 @@ def lrp_hooks(model: Any, softmax: Literal["attnlrp", "cp"] = "attnlrp") -> list
 
 
 def attnlrp(
-    model: Any,
+    model: HookedViTLike,
     images: Images,
     targets: Targets,
     *,

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from caap_lens.attribution.scores import ScoreLike, resolve_score
 from caap_lens.baselines.base import Images, MethodOutput, Targets, check_inputs, context_image
+from caap_lens.model.protocol import HookedViTLike
 
 Masks = Float[Tensor, "n_masks height width"]
 
@@ -45,7 +46,7 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 def batched_scores(
-    model: Any,
+    model: HookedViTLike,
     build: Callable[[Tensor], Images],
     row_targets: Targets,
     score: ScoreLike,
@@ -62,7 +63,7 @@ def batched_scores(
     return torch.cat(out)
 
 
-def patch_pixel_masks(model: Any) -> Float[Tensor, "n_patches height width"]:
+def patch_pixel_masks(model: HookedViTLike) -> Float[Tensor, "n_patches height width"]:
     """One pixel mask per patch (1 inside the patch), row-major, from the model's grid."""
     grid = model.grid
     eye = torch.eye(grid.n_patches).reshape(grid.n_patches, *grid.grid_size)
@@ -70,7 +71,7 @@ def patch_pixel_masks(model: Any) -> Float[Tensor, "n_patches height width"]:
 
 
 def occlusion(
-    model: Any,
+    model: HookedViTLike,
     images: Images,
     targets: Targets,
     *,
@@ -177,7 +178,7 @@ def _render_masks(grids: Tensor, shifts: Tensor, image_size: Sequence[int]) -> M
 
 
 def rise(
-    model: Any,
+    model: HookedViTLike,
     images: Images,
     targets: Targets,
     *,

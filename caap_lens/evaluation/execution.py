@@ -36,6 +36,7 @@ from caap_lens.evaluation.metrics import METRICS, UnitBatch, score_units
 from caap_lens.evaluation.plan import Plan
 from caap_lens.evaluation.sources import Item, fingerprint
 from caap_lens.evaluation.store import FORMAT, PlanMismatch, Store, StoreError
+from caap_lens.model.protocol import HookedViTLike
 
 
 @dataclass
@@ -85,7 +86,7 @@ class RunSummary:
                 f"committed, {self.units} unit(s), {self.rows} row(s) in {self.seconds:.1f}s{rate}{work}{bad}")
 
 
-def model_fingerprint(model: Any) -> dict[str, Any]:
+def model_fingerprint(model: HookedViTLike) -> dict[str, Any]:
     """Name and a hash of the model's architecture and weights (sums of each tensor, 6 digits)."""
     h = hashlib.sha256()
     cfg = model.cfg
@@ -141,7 +142,7 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> Tensor:
     return torch.nn.functional.interpolate(m[None].float(), size=size, mode="nearest")[0].bool()
 
 
-def _preprocess(model: Any, image: Any) -> Tensor:
+def _preprocess(model: HookedViTLike, image: Any) -> Tensor:
     if isinstance(image, Tensor) and image.is_floating_point() and image.ndim == 3:
         return model.check_images(image[None].to(device=model.device, dtype=model.dtype))
     return model.preprocess(image[None] if isinstance(image, np.ndarray) and image.ndim == 3 else image)
@@ -150,7 +151,7 @@ def _preprocess(model: Any, image: Any) -> Tensor:
 class _Chunk:
     """The units of one chunk and everything the metrics read (see `UnitBatch`)."""
 
-    def __init__(self, model: Any, plan: Plan, items: list[Item], indices: list[int]) -> None:
+    def __init__(self, model: HookedViTLike, plan: Plan, items: list[Item], indices: list[int]) -> None:
         from caap_lens.attribution.scores import resolve_score
 
         self.items = items
@@ -239,7 +240,7 @@ def _options(spec: Any, objects: dict[str, Any] | None) -> dict[str, Any]:
     return opts
 
 
-def _row_maps(model: Any, spec: Any, chunk: _Chunk, plan: Plan,
+def _row_maps(model: HookedViTLike, spec: Any, chunk: _Chunk, plan: Plan,
               objects: dict[str, Any] | None = None) -> tuple[Tensor, float]:
     if spec.fn_name == "random":
         t0 = time.perf_counter()
@@ -254,7 +255,7 @@ def _row_maps(model: Any, spec: Any, chunk: _Chunk, plan: Plan,
     return result.map.float().cpu(), float(result.seconds)
 
 
-def _compute_chunk(model: Any, plan: Plan, chunk: _Chunk, rank: int, plan_hash: str, summary: RunSummary,
+def _compute_chunk(model: HookedViTLike, plan: Plan, chunk: _Chunk, rank: int, plan_hash: str, summary: RunSummary,
                    objects: dict[str, Any] | None = None) -> tuple[dict[str, list], dict[str, np.ndarray]]:
     cols: dict[str, list] = {name: [] for name in _schema(plan).names}
     saved: dict[str, np.ndarray] = {}
@@ -307,7 +308,7 @@ def _progress(total: int, rank: int, enabled: bool) -> Any:
 
 
 def evaluate(
-    model: Any,
+    model: HookedViTLike,
     source: Any,
     plan: Plan,
     store_dir: str | Path,
@@ -324,7 +325,7 @@ def evaluate(
     """Runs ``plan`` over ``source`` with ``model`` into the store at ``store_dir``; see the module docstring.
 
     Args:
-        model: Any `HookedViT` (on the device to use; under torchrun with CUDA, move it to
+        model: HookedViTLike `HookedViT` (on the device to use; under torchrun with CUDA, move it to
             ``cuda:LOCAL_RANK`` first, e.g. with ``Distributed.setup().device("cuda")``).
         source: A data source (`caap_lens.evaluation.sources`).
         plan: The `Plan`.

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from caap_lens.model.protocol import HookedViTLike
 
 
 @dataclass
@@ -48,7 +49,7 @@ class UnitBatch:
         plan: The plan (score, curve steps, batch size).
     """
 
-    model: Any
+    model: HookedViTLike
     images: Tensor
     targets: Tensor
     masks: Tensor

@@ -63,6 +63,7 @@ from torch import Tensor
 from caap_lens.attribution.contexts import ImageContext, resolve_context
 from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes
 from caap_lens.attribution.targets import TargetLike, resolve_targets
+from caap_lens.model.protocol import HookedViTLike
 from caap_lens.stats import MeanCI, mean_ci
 
 Unit = Literal["patch", "pixel"]
@@ -113,7 +114,7 @@ def _score_fn(score: ScoreLike) -> Any:
     return accuracy if score == "accuracy" else resolve_score(score)
 
 
-def _check_maps(model: Any, maps: Any, batch: int) -> Tensor:
+def _check_maps(model: HookedViTLike, maps: Any, batch: int) -> Tensor:
     maps = torch.as_tensor(maps)
     grid, size = model.grid.grid_size, tuple(model.cfg.image_size)
     if maps.dtype == torch.bool or maps.is_complex():
@@ -128,7 +129,7 @@ def _check_maps(model: Any, maps: Any, batch: int) -> Tensor:
     return maps.float()
 
 
-def _unit_values(model: Any, maps: Tensor, unit: Unit | None) -> tuple[Tensor, Unit]:
+def _unit_values(model: HookedViTLike, maps: Tensor, unit: Unit | None) -> tuple[Tensor, Unit]:
     is_patch = tuple(maps.shape[1:]) == model.grid.grid_size
     unit = unit if unit is not None else ("patch" if is_patch else "pixel")
     if unit == "patch":
@@ -140,7 +141,7 @@ def _unit_values(model: Any, maps: Tensor, unit: Unit | None) -> tuple[Tensor, U
     return values.flatten(1), unit
 
 
-def unit_order(model: Any, maps: Any, unit: Unit | None = None) -> tuple[Int[Tensor, "batch n_units"], Unit]:
+def unit_order(model: HookedViTLike, maps: Any, unit: Unit | None = None) -> tuple[Int[Tensor, "batch n_units"], Unit]:
     """Units from most to least important: a stable sort by decreasing map value (ties: lower index first).
 
     Args:
@@ -158,7 +159,7 @@ def unit_order(model: Any, maps: Any, unit: Unit | None = None) -> tuple[Int[Ten
     return _order(model, _check_maps(model, maps, torch.as_tensor(maps).shape[0]), unit)
 
 
-def _order(model: Any, maps: Tensor, unit: Unit | None) -> tuple[Tensor, Unit]:
+def _order(model: HookedViTLike, maps: Tensor, unit: Unit | None) -> tuple[Tensor, Unit]:
     values, unit = _unit_values(model, maps, unit)
     return values.sort(dim=1, descending=True, stable=True).indices, unit
 
@@ -178,7 +179,7 @@ def _replaced(ranks: Tensor, counts: Tensor, mode: Mode) -> Bool[Tensor, "rows n
     return ~first_k if mode == "insertion" else first_k
 
 
-def _compose(model: Any, images: Tensor, substrate: Tensor, replaced: Tensor, unit: Unit) -> Tensor:
+def _compose(model: HookedViTLike, images: Tensor, substrate: Tensor, replaced: Tensor, unit: Unit) -> Tensor:
     if unit == "patch":
         pixel_mask = model.grid.to_pixels(replaced.view(-1, *model.grid.grid_size).float()) > 0.5
     else:
@@ -242,7 +243,7 @@ class RiseBlur(ImageContext):
         sigma = self.sigma if self.sigma is not None else 5.0 * scale
         return int(size), float(sigma)
 
-    def image(self, model: Any, images: Tensor) -> Tensor:
+    def image(self, model: HookedViTLike, images: Tensor) -> Tensor:
         size, sigma = self.settings(images.shape[-2:])
         kernel = rise_kernel(size, sigma).to(images.device, images.dtype)
         c = images.shape[1]
@@ -255,7 +256,7 @@ def _resolve_substrate(substrate: Any) -> Any:
     return resolve_context(substrate)
 
 
-def substrate_images(model: Any, images: Tensor, substrate: Any) -> Float[Tensor, "batch channel height width"]:
+def substrate_images(model: HookedViTLike, images: Tensor, substrate: Any) -> Float[Tensor, "batch channel height width"]:
     """The substrate, one per image, in the model's normalised space.
 
     ``substrate`` is a context name (``"black"``, ``"mean"``, ``"blur"``, ``"noise"``), ``"rise_blur"``
@@ -278,7 +279,7 @@ def _check_counts(counts: Sequence[int], n_units: int) -> Tensor:
 
 
 def perturbed_images(
-    model: Any,
+    model: HookedViTLike,
     images: Tensor,
     maps: Any,
     counts: Sequence[int],
@@ -319,7 +320,7 @@ def perturbed_images(
 
 
 def _run(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     maps: Any,
     targets: TargetLike,
@@ -372,7 +373,7 @@ def _run(
 
 
 def deletion_curve(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     maps: Any,
     targets: TargetLike = "predicted",
@@ -413,7 +414,7 @@ def deletion_curve(
 
 
 def insertion_curve(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     maps: Any,
     targets: TargetLike = "predicted",
@@ -440,7 +441,7 @@ def insertion_curve(
 
 
 def perturbation_curve(
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     maps: Any,
     targets: TargetLike = "predicted",
