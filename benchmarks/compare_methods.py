@@ -157,7 +157,7 @@ def run_sanity(model: Any, images: Any, targets: Any, options: dict[str, dict[st
             return attribute(name, m, x, t, **opts).map
 
         rep = randomisation_check(fn, model, images, targets)
-        out[name] = {"from_layers": [str(v) for v in rep["from_layers"]],
+        out[name] = {"start_layers": [str(v) for v in rep["start_layers"]],
                      "mean_spearman": [float(v) for v in rep["mean_spearman"]], "threshold": rep["threshold"]}
     return out
 
@@ -375,7 +375,8 @@ def render_markdown(main: Any, grid: Any | None, meta: dict[str, Any]) -> str:
     if sanity:
         from caap_lens.evaluation.report import table
 
-        stages = next(iter(sanity.values()))["from_layers"]
+        first = next(iter(sanity.values()))
+        stages = first.get("start_layers", first.get("from_layers"))  # results stored before the rename
         header = ["method"] + [("head only" if st == str(meta["n_layers"]) else
                                 ("+ embedding" if not st.isdigit() else f"blocks ≥ {st}")) for st in stages]
         parts += ["## Model-randomisation sanity check", "",

@@ -159,7 +159,7 @@ def test_raw_attention_is_the_cached_readout_rows(kind):
         # heads are reduced first, per (query, key), then the readout rows averaged
         reduced = {"mean": pattern.mean(1), "max": pattern.amax(1), 1: pattern[:, 1]}[heads]
         expected = reduced.mean(1)
-        got = attribute("raw_attention", model, x, 0, layer=layer, heads=heads).map
+        got = attribute("raw_attention", model, x, 0, layer=layer, head_fusion=heads).map
         assert torch.allclose(got, expected.reshape(2, *model.grid.grid_size), atol=1e-6)
 
 
@@ -188,7 +188,7 @@ def test_rollout_multiplies_later_layers_on_the_left(kind):
         result = (a / a.sum(-1, keepdim=True)) @ result
     rows = list(model.cfg.readout_rows)
     expected = result[:, rows, model.grid.n_prefix_tokens :].mean(1).reshape(2, *model.grid.grid_size)
-    got = attribute("rollout", model, x, 0, start_layer=-2, heads="max").map
+    got = attribute("rollout", model, x, 0, start_layer=-2, head_fusion="max").map
     assert torch.allclose(got, expected, atol=1e-6)
 
 
@@ -243,8 +243,8 @@ def test_gradcam_equals_manual_grad_cam_from_backward_hooks(kind, hook):
     n_prefix = model.grid.n_prefix_tokens
     weights = grads["g"][:, n_prefix:].mean(1, keepdim=True)
     cam = (acts["a"][:, n_prefix:] * weights).sum(-1)
-    signed = attribute("token_gradcam", model, x, TARGETS, hook=hook, relu=False).map
-    relu = attribute("token_gradcam", model, x, TARGETS, hook=hook).map
+    signed = attribute("token_gradcam", model, x, TARGETS, hook_name=hook, relu=False).map
+    relu = attribute("token_gradcam", model, x, TARGETS, hook_name=hook).map
     assert torch.allclose(signed, cam.reshape(2, *model.grid.grid_size), atol=1e-5, rtol=1e-4)
     assert torch.equal(relu, signed.clamp(min=0))
     assert (signed < 0).any() and (signed > 0).any()
@@ -446,11 +446,11 @@ def test_unknown_method_lists_the_methods():
 @pytest.mark.parametrize(
     "method,kwargs,error,match",
     [
-        ("rollout", {"depth": 3}, TypeError, "its options are start_layer, heads"),
-        ("rollout", {"heads": "median"}, ValueError, "heads must be"),
+        ("rollout", {"depth": 3}, TypeError, "its options are start_layer, head_fusion$"),
+        ("rollout", {"head_fusion": "median"}, ValueError, "head_fusion must be"),
         ("raw_attention", {"layer": 4}, ValueError, "outside"),
-        ("token_gradcam", {"hook": "blocks.9.hook_resid_pre"}, ValueError, "unknown hook"),
-        ("token_gradcam", {"hook": "hook_pooled"}, ValueError, "token activation"),
+        ("token_gradcam", {"hook_name": "blocks.9.hook_resid_pre"}, ValueError, "unknown hook"),
+        ("token_gradcam", {"hook_name": "hook_pooled"}, ValueError, "token activation"),
         ("integrated_gradients", {"baseline": torch.zeros(3, 32, 32)}, ValueError, "context image must be"),
         ("integrated_gradients", {"n_steps": 0}, ValueError, "n_steps"),
         ("occlusion", {"context": "mean_activation"}, ValueError, "activation space"),
@@ -481,3 +481,19 @@ def test_bad_targets_images_and_maps_are_clear_errors():
 
     with pytest.raises(ValueError, match=r"patch grid is \(4, 4\)"):
         attribute(square_guess, model, x)
+
+
+def test_old_option_names_still_work_with_a_deprecation_warning():
+    model = get_model("vit")
+    x = images_for(model)
+    for method, old, new in [
+        ("rollout", {"heads": "max"}, {"head_fusion": "max"}),
+        ("raw_attention", {"heads": 1}, {"head_fusion": 1}),
+        ("token_gradcam", {"hook": "blocks.0.hook_resid_post"}, {"hook_name": "blocks.0.hook_resid_post"}),
+    ]:
+        with pytest.warns(DeprecationWarning, match=f"{next(iter(old))}= is now {next(iter(new))}="):
+            by_old = attribute(method, model, x, TARGETS, **old)
+        assert torch.equal(by_old.map, attribute(method, model, x, TARGETS, **new).map)
+        assert next(iter(old)) not in attribute(method, model, x, TARGETS, **new).settings
+    with pytest.raises(TypeError, match="give head_fusion= only"):
+        attribute("rollout", model, x, TARGETS, heads="max", head_fusion=0)

@@ -355,18 +355,18 @@ def test_localisation_matches_quantus():
 def test_randomising_all_layers_changes_caap_maps_and_leaves_model_alone(vit):
     images = images_for(6, seed=12)
     before = {k: v.clone() for k, v in vit.state_dict().items()}
-    report = randomisation_check(caap_map, vit, images, "predicted", from_layers=[4, 0], seed=0)
-    assert report["from_layers"] == (4, 0) and report["spearman"].shape == (2, 6)
+    report = randomisation_check(caap_map, vit, images, "predicted", start_layers=[4, 0], seed=0)
+    assert report["start_layers"] == (4, 0) and report["spearman"].shape == (2, 6)
     assert report["mean_spearman"][1] < 0.5 and bool(report["differs"][1])
     assert report["spearman"][1].max() < 0.9
     assert all(torch.equal(v, vit.state_dict()[k]) for k, v in before.items())  # original untouched
     default = randomisation_check(caap_map, vit, images[:2], 3)
-    assert default["from_layers"] == (4, 3, 2, 1, 0, "embed") and default["targets"].tolist() == [3, 3]
+    assert default["start_layers"] == (4, 3, 2, 1, 0, "embed") and default["targets"].tolist() == [3, 3]
 
 
 def test_randomising_zero_layers_gives_correlation_one(vit):
     images = images_for(3, seed=13)
-    report = randomisation_check(caap_map, vit, images, "predicted", from_layers=[4], head=False)
+    report = randomisation_check(caap_map, vit, images, "predicted", start_layers=[4], head=False)
     assert torch.allclose(report["spearman"], torch.ones(1, 3, dtype=torch.float64))
     assert report["top_overlap"].tolist() == [[1.0] * 3] and not report["differs"][0]
 
@@ -435,11 +435,11 @@ def test_bad_input_raises_clear_errors(vit):
         perturbation_curve(vit, images, maps, score="top5")
     with pytest.raises(ValueError, match=r"counts must be .* in \[0, 16\]"):
         perturbed_images(vit, images, maps, [17])
-    with pytest.raises(ValueError, match=r"from_layer must be in \[0, 4\]"):
+    with pytest.raises(ValueError, match=r"start_layer must be in \[0, 4\]"):
         randomise_layers(vit, 5)
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         randomise_layers(vit, 0, seed=-1)
     with pytest.raises(ValueError, match=r"method_fn must return maps \[batch=2, ...\]"):
-        randomisation_check(lambda m, x, t: torch.rand(3, 4, 4), vit, images, from_layers=[4])
+        randomisation_check(lambda m, x, t: torch.rand(3, 4, 4), vit, images, start_layers=[4])
     with pytest.raises(ValueError, match="at least one value"):
         mean_ci([float("nan")])

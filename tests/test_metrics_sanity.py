@@ -46,7 +46,7 @@ def test_the_cascade_goes_through_the_embedding():
     everything = randomise_layers(model, "embed", seed=1)
     after = embedding_state(everything)
     assert all(not torch.equal(v, after[k]) for k, v in before.items() if v.abs().sum() > 0 or v.numel() > 1)
-    # nested: the embed stage's blocks are those of from_layer=0 with the same seed
+    # nested: the embed stage's blocks are those of start_layer=0 with the same seed
     assert torch.equal(everything.blocks[1].attn.W_Q, blocks_only.blocks[1].attn.W_Q)
     assert all(torch.equal(v, embedding_state(model)[k]) for k, v in before.items())  # original untouched
     with pytest.raises(TypeError, match="embed"):
@@ -56,7 +56,7 @@ def test_the_cascade_goes_through_the_embedding():
 def test_randomisation_check_over_seeds_reports_intervals_and_counts(vit):
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     report = randomisation_check(input_gradient, vit, x, "predicted", seeds=[0, 1, 2])
-    assert report["from_layers"] == (2, 1, 0, "embed") and report["seeds"] == (0, 1, 2)
+    assert report["start_layers"] == (2, 1, 0, "embed") and report["seeds"] == (0, 1, 2)
     assert report["spearman"].shape == (4, 15) and report["top_overlap"].shape == (4, 15)
     assert report["ci_spearman"].shape == (4, 2) and report["n_images"].tolist() == [5] * 4
     per_image = report["spearman"].view(4, 3, 5).mean(1)
@@ -75,6 +75,6 @@ def test_undefined_correlations_are_counted(vit):
     def flat_on_random_models(model, images, targets):
         return input_gradient(model, images, targets) if model is vit else torch.ones(3, 32, 32)
 
-    report = randomisation_check(flat_on_random_models, vit, x, "predicted", from_layers=[0], seeds=[0, 1])
+    report = randomisation_check(flat_on_random_models, vit, x, "predicted", start_layers=[0], seeds=[0, 1])
     assert report["n_undefined"].tolist() == [6] and report["n_images"].tolist() == [0]
     assert report["mean_spearman"].isnan().all()

@@ -55,6 +55,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from caap_lens._deprecation import UNSET, renamed
 from caap_lens.attribution.scores import ScoreLike
 from caap_lens.baselines.base import (
     Images,
@@ -66,6 +67,7 @@ from caap_lens.baselines.base import (
     grads_of,
     target_scores,
 )
+from caap_lens.model.protocol import HookedViTLike
 
 Pattern = Float[Tensor, "batch head query key"]
 
@@ -75,7 +77,7 @@ def pattern_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_pattern"
 
 
-def layer_index(model: Any, layer: int, name: str = "layer") -> int:
+def layer_index(model: HookedViTLike, layer: int, name: str = "layer") -> int:
     """A block index from ``layer`` (negative counts from the end), range-checked."""
     n = model.cfg.n_layers
     try:
@@ -88,8 +90,9 @@ def layer_index(model: Any, layer: int, name: str = "layer") -> int:
     return index
 
 
-def reduce_heads(pattern: Pattern, heads: str | int) -> Float[Tensor, "batch query key"]:
+def reduce_heads(pattern: Pattern, head_fusion: str | int) -> Float[Tensor, "batch query key"]:
     """Combines heads: ``"mean"``, ``"max"``, or one head's index."""
+    heads = head_fusion
     if heads == "mean":
         return pattern.mean(dim=1)
     if heads == "max":
@@ -98,21 +101,21 @@ def reduce_heads(pattern: Pattern, heads: str | int) -> Float[Tensor, "batch que
         if not 0 <= heads < pattern.shape[1]:
             raise ValueError(f"head {heads} is outside [0, {pattern.shape[1]})")
         return pattern[:, heads]
-    raise ValueError(f"heads must be 'mean', 'max' or a head index, got {heads!r}")
+    raise ValueError(f"head_fusion must be 'mean', 'max' or a head index, got {heads!r}")
 
 
-def readout_rows(model: Any) -> list[int]:
+def readout_rows(model: HookedViTLike) -> list[int]:
     """The query rows the model's output reads (`HookedViTConfig.readout_rows`)."""
     return list(model.cfg.readout_rows)
 
 
-def readout_row(model: Any, matrix: Float[Tensor, "batch query key"]) -> Float[Tensor, "batch grid_h grid_w"]:
+def readout_row(model: HookedViTLike, matrix: Float[Tensor, "batch query key"]) -> Float[Tensor, "batch grid_h grid_w"]:
     """The mean of the readout rows (`readout_rows`) over the patch tokens, on the model's grid."""
     row = matrix[:, readout_rows(model)].mean(dim=1)
     return model.grid.to_grid(row[:, model.grid.n_prefix_tokens :])
 
 
-def attention_patterns(model: Any, images: Images, layers: list[int]) -> dict[int, Pattern]:
+def attention_patterns(model: HookedViTLike, images: Images, layers: list[int]) -> dict[int, Pattern]:
     """Attention patterns of ``layers`` in one forward pass (stopping after the deepest layer)."""
     store: dict[str, Tensor] = {}
     with torch.inference_mode(), model.hooks(fwd_hooks=[(pattern_name(layer), collect(store)) for layer in layers]):
@@ -121,7 +124,13 @@ def attention_patterns(model: Any, images: Images, layers: list[int]) -> dict[in
 
 
 def raw_attention(
-    model: Any, images: Images, targets: Targets, *, layer: int = -1, heads: str | int = "mean"
+    model: HookedViTLike,
+    images: Images,
+    targets: Targets,
+    *,
+    layer: int = -1,
+    head_fusion: str | int = "mean",
+    heads: Any = UNSET,
 ) -> MethodOutput:
     """One layer's attention from the readout rows to each patch: Chefer et al.'s (CVPR 2021) "raw attention".
 
@@ -134,38 +143,47 @@ def raw_attention(
         images: Normalised images ``[batch, C, H, W]``.
         targets: Class per image ``[batch]`` (unused: attention is class-agnostic).
         layer: Block whose pattern is read (default the last; negative counts from the end).
-        heads: ``"mean"`` (default), ``"max"`` or one head's index.
+        head_fusion: ``"mean"`` (default), ``"max"`` or one head's index (the name of Gildenblat's
+            ``vit-explain``); ``heads=`` is its deprecated old name.
 
     Returns:
         ``(patch_map [batch, grid_h, grid_w], None)``; each row of attention sums to 1 over all
         tokens, so a patch map sums to at most 1.
 
     Example:
-        >>> patch_map, _ = raw_attention(model, images, targets, layer=-1, heads="max")  # doctest: +SKIP
+        >>> patch_map, _ = raw_attention(model, images, targets, layer=-1, head_fusion="max")  # doctest: +SKIP
     """
+    fusion = renamed("raw_attention", "heads", "head_fusion", old_value=heads, new_value=head_fusion, default="mean")
     images, targets = check_inputs(model, images, targets)
     index = layer_index(model, layer)
-    reduce_heads(torch.zeros(1, model.cfg.n_heads, 1, 1), heads)  # validate before running
+    reduce_heads(torch.zeros(1, model.cfg.n_heads, 1, 1), fusion)  # validate before running
     pattern = attention_patterns(model, images, [index])[index]
-    return readout_row(model, reduce_heads(pattern, heads)), None
+    return readout_row(model, reduce_heads(pattern, fusion)), None
 
 
 def rollout(
-    model: Any, images: Images, targets: Targets, *, start_layer: int = 0, heads: str | int = "mean"
+    model: HookedViTLike,
+    images: Images,
+    targets: Targets,
+    *,
+    start_layer: int = 0,
+    head_fusion: str | int = "mean",
+    heads: Any = UNSET,
 ) -> MethodOutput:
     """Attention rollout (Abnar & Zuidema, 2020) from ``start_layer`` to the last block.
 
     As the paper (and Chefer et al.'s ``compute_rollout_attention``): heads averaged, ``0.5 A + 0.5 I``
     renormalised, multiplied in layer order; tested against a transcription of the formula. Differs
-    only in reading the readout rows (row 0 for CLS models, as the reference) and in the ``heads``
-    option.
+    only in reading the readout rows (row 0 for CLS models, as the reference) and in the
+    ``head_fusion`` option.
 
     Args:
         model: A `HookedViT`.
         images: Normalised images ``[batch, C, H, W]``.
         targets: Class per image ``[batch]`` (unused: rollout is class-agnostic).
-        start_layer: First block multiplied in (negative counts from the end).
-        heads: ``"mean"`` (the paper's choice), ``"max"`` or one head's index.
+        start_layer: First block multiplied in (negative counts from the end; Chefer et al.'s name).
+        head_fusion: ``"mean"`` (the paper's choice), ``"max"`` or one head's index (the name of
+            Gildenblat's ``vit-explain``); ``heads=`` is its deprecated old name.
 
     Returns:
         ``(patch_map [batch, grid_h, grid_w], None)``.
@@ -173,23 +191,24 @@ def rollout(
     Example:
         >>> patch_map, _ = rollout(model, images, targets, start_layer=2)  # doctest: +SKIP
     """
+    fusion = renamed("rollout", "heads", "head_fusion", old_value=heads, new_value=head_fusion, default="mean")
     images, targets = check_inputs(model, images, targets)
     start = layer_index(model, start_layer, "start_layer")
-    reduce_heads(torch.zeros(1, model.cfg.n_heads, 1, 1), heads)
+    reduce_heads(torch.zeros(1, model.cfg.n_heads, 1, 1), fusion)
     layers = list(range(start, model.cfg.n_layers))
     patterns = attention_patterns(model, images, layers)
     n = model.grid.n_tokens
     eye = torch.eye(n, device=images.device, dtype=torch.float32)
     result = eye.expand(images.shape[0], n, n)
     for layer in layers:
-        a = 0.5 * reduce_heads(patterns[layer].float(), heads) + 0.5 * eye
+        a = 0.5 * reduce_heads(patterns[layer].float(), fusion) + 0.5 * eye
         a = a / a.sum(dim=-1, keepdim=True)
         result = a @ result
     return readout_row(model, result), None
 
 
 def _patterns_and_grads(
-    model: Any, images: Images, targets: Targets, layers: list[int], score: ScoreLike
+    model: HookedViTLike, images: Images, targets: Targets, layers: list[int], score: ScoreLike
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Attention patterns of ``layers`` and the gradient of the summed target scores on them.
 
@@ -207,7 +226,7 @@ def _patterns_and_grads(
 
 
 def gradient_weighted_attention(
-    model: Any, images: Images, targets: Targets, *, start_layer: int = 0, score: ScoreLike = "logit"
+    model: HookedViTLike, images: Images, targets: Targets, *, start_layer: int = 0, score: ScoreLike = "logit"
 ) -> MethodOutput:
     """Gradient-weighted attention relevance: Chefer, Gur & Wolf (ICCV 2021), the "generic" rule.
 
@@ -241,7 +260,7 @@ def gradient_weighted_attention(
     return readout_row(model, relevance), None
 
 
-def transformer_attribution(model: Any, images: Images, targets: Targets, **options: Any) -> MethodOutput:
+def transformer_attribution(model: HookedViTLike, images: Images, targets: Targets, **options: Any) -> MethodOutput:
     """Deprecated name of `gradient_weighted_attention` (it is not Chefer et al.'s CVPR 2021 method)."""
     warnings.warn(
         "'transformer_attribution' is Chefer et al.'s ICCV 2021 gradient-weighted attention, not their "
@@ -253,7 +272,7 @@ def transformer_attribution(model: Any, images: Images, targets: Targets, **opti
 
 
 def attention_gradcam(
-    model: Any, images: Images, targets: Targets, *, layer: int = -1, score: ScoreLike = "logit"
+    model: HookedViTLike, images: Images, targets: Targets, *, layer: int = -1, score: ScoreLike = "logit"
 ) -> MethodOutput:
     """Grad-CAM on one layer's attention: the "GradCAM" baseline of Chefer, Gur & Wolf (CVPR 2021).
 

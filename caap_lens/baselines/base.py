@@ -44,11 +44,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from caap_lens._deprecation import UNSET
 from caap_lens.attribution.contexts import resolve_context
 from caap_lens.attribution.engine import caap_settings, caap_with, prepare_images
 from caap_lens.attribution.scores import ScoreLike, resolve_score, scores_index_classes
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.grid import PatchGrid
+from caap_lens.model.protocol import HookedViTLike
 
 Images = Float[Tensor, "batch channel height width"]
 Targets = Int[Tensor, " batch"]
@@ -145,16 +147,16 @@ def _settings(name: str, fn: Method, options: dict[str, Any]) -> dict[str, Any]:
     try:
         bound = signature.bind(None, None, None, **options)
     except TypeError as err:
-        accepted = [p for p in list(signature.parameters)[3:]]
+        accepted = [n for n, p in list(signature.parameters.items())[3:] if p.default is not UNSET]
         raise TypeError(f"{name}: {err}; its options are {', '.join(accepted) or 'none'}") from None
     bound.apply_defaults()
     positional = list(signature.parameters)[:3]
-    return {k: v for k, v in bound.arguments.items() if k not in positional}
+    return {k: v for k, v in bound.arguments.items() if k not in positional and v is not UNSET}
 
 
 def attribute(
     method: str | Method,
-    model: Any,
+    model: HookedViTLike,
     images: Any,
     target: TargetLike = "predicted",
     **options: Any,
@@ -222,7 +224,7 @@ def attribute(
     )
 
 
-def check_patch_map(model: Any, patch_map: Any, batch: int, name: str = "method") -> PatchMap:
+def check_patch_map(model: HookedViTLike, patch_map: Any, batch: int, name: str = "method") -> PatchMap:
     """A ``[batch, grid_h, grid_w]`` float32 CPU map, or a clear error naming the model's grid."""
     expected = (batch, *model.grid.grid_size)
     if not isinstance(patch_map, Tensor) or tuple(patch_map.shape) != expected:
@@ -235,7 +237,7 @@ def check_patch_map(model: Any, patch_map: Any, batch: int, name: str = "method"
 
 
 # ---------------------------------------------------------------------- helpers for the methods
-def check_inputs(model: Any, images: Any, targets: Any) -> tuple[Images, Targets]:
+def check_inputs(model: HookedViTLike, images: Any, targets: Any) -> tuple[Images, Targets]:
     """Checked images on the model's device and targets as a ``[batch]`` long CPU tensor."""
     images = model.check_images(images)
     targets = torch.as_tensor(targets).long().cpu().reshape(-1)
@@ -275,7 +277,7 @@ def grads_of(total: Tensor, acts: list[Tensor]) -> list[Tensor]:
     return [torch.zeros_like(a) if g is None else g for a, g in zip(acts, grads)]
 
 
-def context_image(model: Any, images: Images, context: Any) -> Images:
+def context_image(model: HookedViTLike, images: Images, context: Any) -> Images:
     """The image context (as in CAAP) for each image, ``[batch, C, H, W]``.
 
     Raises:
@@ -300,7 +302,7 @@ def context_image(model: Any, images: Images, context: Any) -> Images:
 
 # --------------------------------------------------------------------------------------- CAAP
 def caap_attribution(
-    model: Any,
+    model: HookedViTLike,
     images: Images,
     targets: TargetLike,
     *,

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from caap_lens._deprecation import UNSET, renamed
 from caap_lens.attribution.scores import ScoreLike
 from caap_lens.baselines.base import (
     Images,
@@ -44,21 +45,23 @@ from caap_lens.baselines.base import (
     grads_of,
     target_scores,
 )
+from caap_lens.model.protocol import HookedViTLike
 
 
-def default_gradcam_hook(model: Any) -> str:
+def default_gradcam_hook(model: HookedViTLike) -> str:
     """``blocks.{n-1}.ln1.hook_normalized``: the last block's first LayerNorm output."""
     return f"blocks.{model.cfg.n_layers - 1}.ln1.hook_normalized"
 
 
 def token_gradcam(
-    model: Any,
+    model: HookedViTLike,
     images: Images,
     targets: Targets,
     *,
-    hook: str | None = None,
+    hook_name: str | None = None,
     score: ScoreLike = "logit",
     relu: bool = True,
+    hook: Any = UNSET,
 ) -> MethodOutput:
     """Grad-CAM over patch tokens at one hook point (Selvaraju et al., 2017; pytorch-grad-cam's ViT recipe).
 
@@ -70,7 +73,9 @@ def token_gradcam(
         model: A `HookedViT`.
         images: Normalised images ``[batch, C, H, W]``.
         targets: Class per image ``[batch]``.
-        hook: Full hook name of a ``[batch, pos, d]`` activation (default `default_gradcam_hook`).
+        hook_name: Full TransformerLens hook-point name of a ``[batch, pos, d]`` activation
+            (default `default_gradcam_hook`); ``hook=`` is its deprecated old name (in caap_lens
+            ``hook`` is a short name such as ``"resid_pre"``).
         score: What is differentiated (default the target logit).
         relu: Keep only positive evidence (Grad-CAM's ReLU); False gives the signed map.
 
@@ -81,10 +86,11 @@ def token_gradcam(
         ValueError: unknown hook, or one whose activation is not ``[batch, n_tokens, d]``.
 
     Example:
-        >>> patch_map, _ = token_gradcam(model, images, targets, hook="blocks.3.hook_resid_post")  # doctest: +SKIP
+        >>> patch_map, _ = token_gradcam(model, images, targets, hook_name="blocks.3.hook_resid_post")  # doctest: +SKIP
     """
+    name = renamed("token_gradcam", "hook", "hook_name", old_value=hook, new_value=hook_name, default=None)
     images, targets = check_inputs(model, images, targets)
-    name = hook if hook is not None else default_gradcam_hook(model)
+    name = name if name is not None else default_gradcam_hook(model)
     if name not in model.hook_dict:
         raise ValueError(f"unknown hook {name!r}: give a full hook name such as {default_gradcam_hook(model)!r}")
     store: dict[str, Tensor] = {}
@@ -109,7 +115,7 @@ def token_gradcam(
     return model.grid.to_grid(cam), None
 
 
-def gradcam(model: Any, images: Images, targets: Targets, **options: Any) -> MethodOutput:
+def gradcam(model: HookedViTLike, images: Images, targets: Targets, **options: Any) -> MethodOutput:
     """Deprecated name of `token_gradcam`."""
     warnings.warn("'gradcam' is now 'token_gradcam' (Grad-CAM on tokens); Chefer et al.'s Grad-CAM on "
                   "attention is 'attention_gradcam'", DeprecationWarning, stacklevel=2)
@@ -127,7 +133,7 @@ def trapezoid_weights(n_steps: int) -> tuple[Tensor, Tensor]:
 
 
 def _path_gradients(
-    model: Any,
+    model: HookedViTLike,
     base: Images,
     delta: Images,
     targets: Targets,
@@ -160,7 +166,7 @@ def _path_gradients(
 
 
 def integrated_gradients(
-    model: Any,
+    model: HookedViTLike,
     images: Images,
     targets: Targets,
     *,

@@ -7,15 +7,15 @@ maps of the original and the randomised model on the same images and the same ta
 Protocol here:
 
 * `randomise_layers` returns a **copy** (the original is never touched) whose blocks
-  ``from_layer .. n_layers - 1`` and, with ``head=True``, its classifier head (and the final and
+  ``start_layer .. n_layers - 1`` and, with ``head=True``, its classifier head (and the final and
   pooled norms) are re-initialised as timm initialises a ViT: weight matrices from a truncated normal
   ``N(0, 0.02²)`` cut at ±2σ, biases 0, LayerNorm scales 1 and shifts 0; layer-scale factors keep their
-  values. With ``from_layer="embed"`` the embedding is re-initialised too (patch projection,
+  values. With ``start_layer="embed"`` the embedding is re-initialised too (patch projection,
   position embedding, prefix tokens and the pre-norm, as above: matrices and tokens from the truncated
   normal) — the last stage of the cascade, where nothing of the trained model is left. Each block
   draws from its own generator, seeded by ``(seed, 0, layer)`` (the head by ``(seed, 1)``, the
   embedding by ``(seed, 2)``), so a cascade is nested: the randomised block ``l`` is the same at every
-  stage that includes it. ``from_layer = n_layers`` with ``head=True`` randomises the head only; with
+  stage that includes it. ``start_layer = n_layers`` with ``head=True`` randomises the head only; with
   ``head=False`` nothing (an identical copy).
 * `randomisation_check` runs ``method_fn(model, images, targets) -> maps [batch, ...]`` on the
   original model and on each randomised copy (default cascade ``n_layers, n_layers - 1, ..., 0``),
@@ -33,7 +33,7 @@ Protocol here:
 Example:
     >>> fn = lambda m, x, t: caap_lens.caap(m, x, t).map  # doctest: +SKIP
     >>> report = randomisation_check(fn, model, images, "predicted")  # doctest: +SKIP
-    >>> report["from_layers"], report["mean_spearman"]  # doctest: +SKIP
+    >>> report["start_layers"], report["mean_spearman"]  # doctest: +SKIP
     ((4, 3, 2, 1, 0, 'embed'), tensor([0.31, 0.12, 0.05, 0.02, 0.01, 0.01]))
 """
 
@@ -49,7 +49,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from caap_lens._deprecation import UNSET, renamed
 from caap_lens.attribution.targets import TargetLike, resolve_targets
+from caap_lens.model.protocol import HookedViTLike
 from caap_lens.stats import mean_ci, spearman
 
 MethodFn = Callable[[Any, Tensor, Tensor], Tensor]
@@ -82,14 +84,17 @@ EMBED = "embed"
 """The cascade stage after block 0: every block and the embedding re-initialised."""
 
 
-def randomise_layers(model: Any, from_layer: int | str, *, seed: int = 0, head: bool = True) -> Any:
-    """A copy of ``model`` with blocks ``>= from_layer`` (and the head) re-initialised.
+def randomise_layers(
+    model: HookedViTLike, start_layer: int | str | None = None, *, seed: int = 0, head: bool = True,
+    from_layer: Any = UNSET,
+) -> Any:
+    """A copy of ``model`` with blocks ``>= start_layer`` (and the head) re-initialised.
 
     Args:
         model: A `HookedViT`; it is deep-copied and never modified.
-        from_layer: First randomised block, in ``[0, n_layers]`` (``n_layers``: no block), or
+        start_layer: First randomised block, in ``[0, n_layers]`` (``n_layers``: no block), or
             ``"embed"``: every block and the embedding (patch projection, position embedding, prefix
-            tokens, pre-norm).
+            tokens, pre-norm). ``from_layer=`` is its deprecated old name.
         seed: Non-negative seed of the new weights (block ``l`` uses ``(seed, 0, l)``, the head ``(seed, 1)``).
         head: Also re-initialise the classifier head and the final/pooled norms.
 
@@ -100,19 +105,23 @@ def randomise_layers(model: Any, from_layer: int | str, *, seed: int = 0, head: 
         >>> random_model = randomise_layers(model, 0, seed=1)  # every block and the head  # doctest: +SKIP
     """
     n = model.cfg.n_layers
-    embed = isinstance(from_layer, str) and from_layer == EMBED
+    start_layer = renamed("randomise_layers", "from_layer", "start_layer", old_value=from_layer,
+                          new_value=start_layer, default=None)
+    if start_layer is None:
+        raise TypeError(f"randomise_layers needs start_layer: an int in [0, {n}] or 'embed'")
+    embed = isinstance(start_layer, str) and start_layer == EMBED
     if embed:
-        from_layer = 0
+        start_layer = 0
     try:
-        from_layer = operator.index(from_layer)
+        start_layer = operator.index(start_layer)
     except TypeError:
-        raise TypeError(f"from_layer must be an int in [0, {n}] or 'embed', got {from_layer!r}") from None
-    if not 0 <= from_layer <= n:
-        raise ValueError(f"from_layer must be in [0, {n}] for a {n}-layer model, got {from_layer}")
+        raise TypeError(f"start_layer must be an int in [0, {n}] or 'embed', got {start_layer!r}") from None
+    if not 0 <= start_layer <= n:
+        raise ValueError(f"start_layer must be in [0, {n}] for a {n}-layer model, got {start_layer}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     clone = copy.deepcopy(model)
-    for layer in range(from_layer, n):
+    for layer in range(start_layer, n):
         _reinitialise_(clone.blocks[layer], _generator(seed, 0, layer))
     if head:
         gen = _generator(seed, 1)
@@ -153,15 +162,16 @@ def top_overlap(
 
 def randomisation_check(
     method_fn: MethodFn,
-    model: Any,
+    model: HookedViTLike,
     images: Tensor,
     targets: TargetLike = "predicted",
     *,
-    from_layers: Sequence[int | str] | None = None,
+    start_layers: Sequence[int | str] | None = None,
     seed: int = 0,
     seeds: Sequence[int] | None = None,
     head: bool = True,
     threshold: float = 0.5,
+    from_layers: Any = UNSET,
 ) -> dict[str, Any]:
     """Cascading model-randomisation check of an attribution method.
 
@@ -170,15 +180,16 @@ def randomisation_check(
         model: A `HookedViT` (left unchanged).
         images: Normalised ``[batch, C, H, W]``.
         targets: ``"predicted"``, a class index or name, or one per image; resolved on the original.
-        from_layers: Stages; default ``(n_layers, n_layers - 1, ..., 0, "embed")`` (top-down cascade,
-            through the embedding).
+        start_layers: Stages, each a `randomise_layers` ``start_layer``; default
+            ``(n_layers, n_layers - 1, ..., 0, "embed")`` (top-down cascade, through the embedding).
+            ``from_layers=`` is its deprecated old name.
         seed: Seed of the random weights (see `randomise_layers`), when ``seeds`` is not given.
         seeds: Several seeds; every stage is run once per seed.
         head: Randomise the head at every stage.
         threshold: ``differs`` is ``mean_spearman < threshold``.
 
     Returns:
-        A dict: ``from_layers`` (tuple), ``seeds`` (tuple), ``spearman``, ``spearman_abs``,
+        A dict: ``start_layers`` (tuple), ``seeds`` (tuple), ``spearman``, ``spearman_abs``,
         ``top_overlap`` (each ``[n_stages, n_seeds * batch]``, seed-major: the first ``batch``
         columns are the first seed's), ``mean_spearman`` ``[n_stages]``, ``ci_spearman``
         ``[n_stages, 2]`` (95 % t interval over images of their seed-averaged Spearman; NaN with
@@ -187,13 +198,15 @@ def randomisation_check(
         ``seed``, ``head`` and ``targets`` ``[batch]``.
 
     Example:
-        >>> report = randomisation_check(fn, model, images, from_layers=[0], seeds=[0, 1, 2])  # doctest: +SKIP
+        >>> report = randomisation_check(fn, model, images, start_layers=[0], seeds=[0, 1, 2])  # doctest: +SKIP
         >>> report["mean_spearman"], report["ci_spearman"]  # doctest: +SKIP
     """
+    start_layers = renamed("randomisation_check", "from_layers", "start_layers", old_value=from_layers,
+                           new_value=start_layers, default=None)
     images = model.check_images(images)
-    stages = (*range(model.cfg.n_layers, -1, -1), EMBED) if from_layers is None else tuple(from_layers)
+    stages = (*range(model.cfg.n_layers, -1, -1), EMBED) if start_layers is None else tuple(start_layers)
     if not stages:
-        raise ValueError("from_layers must name at least one stage")
+        raise ValueError("start_layers must name at least one stage")
     seed_list = (seed,) if seeds is None else tuple(seeds)
     if not seed_list:
         raise ValueError("seeds must name at least one seed")
@@ -202,11 +215,11 @@ def randomisation_check(
     batch = images.shape[0]
     original = _flat_maps(method_fn(model, images, target_idx), batch, "original model")
     rows: dict[str, list[Tensor]] = {"spearman": [], "spearman_abs": [], "top_overlap": []}
-    for from_layer in stages:
+    for stage in stages:
         per_seed: dict[str, list[Tensor]] = {name: [] for name in rows}
         for s in seed_list:
-            random_model = randomise_layers(model, from_layer, seed=s, head=head)
-            maps = _flat_maps(method_fn(random_model, images, target_idx), batch, f"from_layer={from_layer}")
+            random_model = randomise_layers(model, stage, seed=s, head=head)
+            maps = _flat_maps(method_fn(random_model, images, target_idx), batch, f"start_layer={stage}")
             if maps.shape != original.shape:
                 raise ValueError(f"maps of the randomised model {tuple(maps.shape)} differ in shape from the "
                                  f"original's {tuple(original.shape)}")
@@ -234,6 +247,6 @@ def randomisation_check(
     report["n_images"] = torch.tensor(n_images)
     report["n_undefined"] = report["spearman"].isnan().sum(dim=1)
     report["differs"] = report["mean_spearman"] < threshold
-    report.update(from_layers=stages, seeds=seed_list, threshold=threshold, seed=seed_list[0], head=head,
+    report.update(start_layers=stages, seeds=seed_list, threshold=threshold, seed=seed_list[0], head=head,
                   targets=target_idx)
     return report
