@@ -273,34 +273,13 @@ def load_image(path: str | Path) -> Any:
 
 
 def _checkpoint_num_classes(path: Path) -> int | None:
-    """The output size of a timm checkpoint's ``head``: rows of ``head.weight``; 0 if it has none."""
-    keys: dict[str, Any] = {}
+    """`caap_lens.converters.checkpoint_num_classes`, its error as a one-line `CLIError`."""
+    from caap_lens.converters.checkpoint import checkpoint_num_classes  # torch-based: not at CLI start-up
+
     try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
-                    if key.endswith("head.weight") or key.endswith("patch_embed.proj.weight"):
-                        keys[key] = f.get_slice(key).get_shape()
-        else:
-            import torch
-
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            for wrapper in ("state_dict_ema", "model_ema", "state_dict", "model"):
-                if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-                    state = state[wrapper]
-                    break
-            if isinstance(state, dict):
-                keys = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
-    except Exception as err:
-        raise CLIError(f"cannot read checkpoint {path}: {_one_line(err)}") from None
-    for key, shape in keys.items():
-        if key.removeprefix("module.") == "head.weight":
-            return int(shape[0])
-    if any(k.removeprefix("module.") == "patch_embed.proj.weight" for k in keys):
-        return 0
-    return None
+        return checkpoint_num_classes(path)
+    except ValueError as err:
+        raise CLIError(_one_line(err)) from None
 
 
 def _bundled_names() -> list[str]:

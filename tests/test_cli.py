@@ -337,8 +337,6 @@ def test_bundled_model_is_multi_label():
 
 
 @pytest.mark.skipif(not BUNDLED, reason="the bundled model fashion-scenes-vit is not available")
-@pytest.mark.xfail(strict=True, reason="pending: the bundled loader is to copy config.json's output_activation "
-                                       "into cfg (caap_lens/loading rewrite); drop this mark when it does")
 def test_bundled_loader_reads_the_output_activation():
     from caap_lens import HookedViT
 

@@ -148,4 +148,5 @@ def convert_bundled(name: str) -> tuple[HookedViTConfig, dict[str, Tensor], tupl
     config = bundled_config(name)
     cfg, state = convert_timm(bundled_timm(name), family=config.get("family", "vit"),
                               source=f"caap_lens bundled: {name}")
+    cfg.output_activation = config.get("output_activation", cfg.output_activation)  # the model's own word
     return cfg, state, tuple(config["class_names"])
