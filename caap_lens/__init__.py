@@ -12,12 +12,29 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs (nothing is imported at run time)
+    from caap_lens._timm import import_timm
+    from caap_lens.attribution.engine import caap
+    from caap_lens.attribution.result import CAAPResult
+    from caap_lens.attribution.settings import CAAPSettings, caap_settings
+    from caap_lens.baselines import attribute
+    from caap_lens.config import HookedViTConfig
+    from caap_lens.grid import PatchGrid
+    from caap_lens.loading.timm_vit import from_timm
+    from caap_lens.model.hooked_vit import HookedViT
+    from caap_lens.model.protocol import HookedViTLike
+    from caap_lens.sweeps import depth_profile, window_sweep
+
 _EXPORTS = {
     "HookedViT": "caap_lens.model.hooked_vit",
+    "HookedViTLike": "caap_lens.model.protocol",
+    "CAAPSettings": "caap_lens.attribution.settings",
+    "caap_settings": "caap_lens.attribution.settings",
+    "import_timm": "caap_lens._timm",
     "HookedViTConfig": "caap_lens.config",
     "PatchGrid": "caap_lens.grid",
     "from_timm": "caap_lens.loading.timm_vit",

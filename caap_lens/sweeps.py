@@ -149,6 +149,7 @@ def depth_profile(
     target: TargetLike = "predicted",
     *,
     patches: Sequence[int] | Tensor | None = None,
+    region: Tensor | None = None,
     context: Any = "mean",
     hook: str | None = None,
     score: ScoreLike = "logit",
@@ -165,12 +166,15 @@ def depth_profile(
     Args:
         patches: Run these patches only — flat indices ``[k]`` (every image) or ``[batch, k]``
             (per image); the maps keep the grid shape, NaN at the patches not run. Default: all.
+        region: Patch each region as one unit instead, as in `caap` (maps ``[n_layers, batch, n_regions]``).
     """
     windows = [(layer, layer + 1) for layer in range(model.cfg.n_layers)]
     options = dict(context=context, hook=hook, score=score, relative=relative, batch_size=batch_size,
                    dtype=dtype, progress=progress, fwd_hooks=fwd_hooks)
     if patches is None:
-        return window_sweep(model, images, target, windows, **options)
+        return window_sweep(model, images, target, windows, region=region, **options)
+    if region is not None:
+        raise ValueError("give patches= (single patches, grid-shaped maps) or region= (region maps), not both")
     x = prepare_images(model, images)
     region, index = _patch_regions(model, patches, x.shape[0])
     sweep = window_sweep(model, x, target, windows, region=region, **options)  # [n_layers, batch, k]

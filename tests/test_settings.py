@@ -118,3 +118,16 @@ def test_patched_scores_keys_every_score_and_window(vit):
         alone = caap(vit, x, [1, 2], layers=window, score="prob", relative=True)
         assert torch.allclose(run.maps["prob"][k], alone.map, atol=1e-6)
         assert torch.allclose(run.context_score["prob"][k], alone.context_score, atol=1e-6)
+
+
+def test_depth_profile_of_regions_equals_each_single_layer_caap(vit):
+    x = images_for(vit, 1, seed=10)
+    region = torch.zeros(2, 4, 4, dtype=torch.bool)
+    region[0, :2, :2], region[1, 2:, 1:] = True, True
+    profile = depth_profile(vit, x, [3], region=region)
+    assert profile.maps.shape == (4, 1, 2)
+    for layer in range(4):
+        alone = caap(vit, x, [3], layers=(layer, layer + 1), region=region)
+        assert torch.allclose(profile.maps[layer], alone.map, atol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        depth_profile(vit, x, [3], region=region, patches=[0])
