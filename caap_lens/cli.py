@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     ex.set_defaults(func=explain)
-    add_evaluate(sub)
+    add_evaluate(sub, load_model)
     return parser
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 DEFAULT_STORE = "caap_lens_eval"
 
@@ -30,8 +30,15 @@ def default_methods() -> list[str]:
     return [*METHODS, "random"]
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """Registers ``evaluate`` on the ``caap-lens`` subparsers."""
+ModelLoader = Callable[[argparse.Namespace], tuple[Any, str, Any]]  # args -> (model, description, bundled name)
+
+
+def add_parser(sub: Any, load_model: ModelLoader) -> argparse.ArgumentParser:
+    """Registers ``evaluate`` on the ``caap-lens`` subparsers.
+
+    ``load_model`` turns ``--model`` and friends into a model (``caap_lens.cli.load_model``): the
+    main CLI hands it over, so this module never imports the layer above it.
+    """
     ev = sub.add_parser("evaluate", help="score attribution methods over a data set (resumable, sharded)",
                         description=__doc__.split("\n\n")[0].strip() + " Runs a plan of methods x metrics "
                         "into a results store, resumably, on one process or under torchrun.",
@@ -75,7 +82,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    ev.set_defaults(func=run)
+    ev.set_defaults(func=run, load_model=load_model)
     return ev
 
 
@@ -165,19 +172,18 @@ def _run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"plan file {args.plan} does not exist")
     if args.data and not args.data.startswith("hf:") and args.data != "bundled" and not Path(args.data).is_dir():
         raise FileNotFoundError(f"--data {args.data}: no such folder")
-    from caap_lens.cli import _bundled_names
+    from caap_lens.converters.bundled import list_bundled
 
-    bundled = args.model in _bundled_names()
+    bundled = args.model in list_bundled()
     plan = build_plan(args, bundled)  # bad plans fail before the model loads
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from caap_lens.cli import load_model
     from caap_lens.evaluation.distributed import Distributed
     from caap_lens.evaluation.execution import evaluate
 
-    model, desc, bundled_name = load_model(args)
+    model, desc, bundled_name = args.load_model(args)  # the main CLI's model loading (cli.load_model)
     dist = Distributed.setup(device=args.device)
     device = dist.device(args.device)
     if device is not None:
