@@ -45,9 +45,12 @@ def _mismatch(value: Any, hint: Any) -> str | None:
         return f"is a {value.dtype} tensor of shape {tuple(value.shape)}, expected {hint.__name__}"
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        arrays = [h for h in typing.get_args(hint) if _is_array_type(h)]
+        members = typing.get_args(hint)
+        arrays = [h for h in members if _is_array_type(h)]
         if not arrays or not isinstance(value, Tensor) or any(isinstance(value, h) for h in arrays):
             return None
+        if any(h is Any or (isinstance(h, type) and not _is_array_type(h) and isinstance(value, h)) for h in members):
+            return None  # another member (``Any``, plain ``Tensor``) takes the tensor as it is
         return f"is a {value.dtype} tensor of shape {tuple(value.shape)}, expected {' or '.join(h.__name__ for h in arrays)}"
     if origin is tuple and isinstance(value, tuple):
         args = typing.get_args(hint)

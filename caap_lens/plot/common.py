@@ -18,7 +18,8 @@ from typing import Any, Sequence, Union
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Num
+from PIL import Image
 from torch import Tensor
 
 from caap_lens.grid import PatchGrid
@@ -26,7 +27,16 @@ from caap_lens.preprocessing import denormalize
 
 ArrayLike = Union[Tensor, np.ndarray]
 PatchMap = Float[ArrayLike, "grid_h grid_w"]
-ImageLike = Union[Float[ArrayLike, "height width 3"], Float[ArrayLike, "channel height width"], Any]
+# What `image_to_rgb` reads: a PIL image, or floats or uint8 [H, W], [H, W, C] or [C, H, W], the last
+# two also with a leading batch axis of 1. It checks the channel count and the batch itself.
+ImageLike = Union[
+    Num[ArrayLike, "height width"],
+    Num[ArrayLike, "height width channel"],
+    Num[ArrayLike, "channel height width"],
+    Num[ArrayLike, "1 height width channel"],
+    Num[ArrayLike, "1 channel height width"],
+    Image.Image,
+]
 
 DIVERGING = "RdBu_r"
 SEQUENTIAL = "Viridis"
