@@ -109,6 +109,14 @@ def test_token_mask():
     assert full.tolist() == [False] * 2 + [True] * 24
 
 
+def test_the_grids_own_errors_for_what_the_annotations_exclude(no_shape_checks):
+    """Users run without the shape checks: a flat map and a float mask get the grid's own messages."""
+    with pytest.raises(ValueError, match=re.escape("(4, 6)")):
+        GRID.to_pixels(torch.zeros(24))
+    with pytest.raises(TypeError, match="bool"):
+        GRID.token_mask(torch.zeros(4, 6))
+
+
 def test_grid_errors():
     for bad in (-1, 24, 100):
         with pytest.raises(IndexError, match=r"\[0, 24\)"):
@@ -127,16 +135,12 @@ def test_grid_errors():
         GRID.to_grid(torch.zeros(25))
     with pytest.raises(ValueError, match=re.escape("(4, 6)")):
         GRID.to_pixels(torch.zeros(6, 4))  # transposed grid
-    with pytest.raises(ValueError, match=re.escape("(4, 6)")):
-        GRID.to_pixels(torch.zeros(24))
     with pytest.raises(ValueError, match="nearest"):
         GRID.to_pixels(torch.zeros(4, 6), mode="cubic")
     with pytest.raises(ValueError, match=re.escape("(32, 48)")):
         GRID.pool_pixels(torch.zeros(48, 32))
     with pytest.raises(ValueError, match="reduce"):
         GRID.pool_pixels(torch.zeros(32, 48), reduce="max")
-    with pytest.raises(TypeError, match="bool"):
-        GRID.token_mask(torch.zeros(4, 6))
     with pytest.raises(ValueError, match="patch mask"):
         GRID.token_mask(torch.zeros(6, 4, dtype=torch.bool))
 
@@ -310,3 +314,11 @@ def test_forward_rejects_bad_input():
         model(Image.fromarray(_rgb_array(16, 24)))
     with pytest.raises(TypeError, match="preprocess"):
         model(_rgb_array(16, 24))
+
+
+def test_the_test_session_checks_shapes():
+    """pyproject.toml turns the jaxtyping checks on for caap_lens; without them this would pass silently."""
+    import jaxtyping
+
+    with pytest.raises(jaxtyping.TypeCheckError, match="patch_map"):
+        GRID.to_pixels(torch.zeros(24))

@@ -260,7 +260,7 @@ def test_mask_of_the_wrong_shape_is_an_error_and_hooks_are_removed(model, hook_n
         assert torch.equal(model(x), base)
 
 
-def test_non_bool_mask_is_an_error(model):
+def test_non_bool_mask_is_an_error(model, no_shape_checks):
     source = torch.zeros(1, 17, 8)
     for mask in (torch.ones(1, 17), torch.ones(1, 17, dtype=torch.long)):
         with pytest.raises(TypeError, match="patch mask must be bool"):

@@ -202,6 +202,9 @@ def test_depth_profile_lines(profile):
     assert default.data[0].name.startswith(f"patch {int(peak.argmax())} ")
     with pytest.raises(IndexError):
         depth_profile_lines(profile, GRID, [20])
+
+
+def test_depth_profile_lines_of_one_map_is_an_error(profile, no_shape_checks):
     with pytest.raises(ValueError, match="n_layers"):
         depth_profile_lines(profile[0], GRID)
 

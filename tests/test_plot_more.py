@@ -170,7 +170,7 @@ def test_head_grid_from_result_with_image(rgb):
 # ---------------------------------------------------------------------------------- curves
 def _curve(y: torch.Tensor, kind: str = "deletion", score: str = "prob") -> Curve:
     x = torch.linspace(0, 1, y.shape[1], dtype=torch.float64)
-    return Curve(x=x, y=y.double(), auc=torch.trapezoid(y.double(), x=x, dim=-1), targets=torch.zeros(y.shape[0]),
+    return Curve(x=x, y=y.double(), auc=torch.trapezoid(y.double(), x=x, dim=-1), targets=torch.zeros(y.shape[0], dtype=torch.long),
                  settings={"kind": kind, "unit": "patch", "score": score})
 
 
