@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
@@ -29,6 +30,7 @@ from caap_lens.attribution.engine import caap, caap_settings, patched_scores, pr
 from caap_lens.attribution.result import CAAPResult
 from caap_lens.attribution.runner import Window
 from caap_lens.attribution.scores import ScoreLike
+from caap_lens.attribution.storage import describe_settings, load_result, save_result
 from caap_lens.attribution.targets import TargetLike
 from caap_lens.grid import PatchGrid
 from caap_lens.model.protocol import HookedViTLike
@@ -66,6 +68,37 @@ class WindowSweepResult:
             return self.maps[self.windows.index((start, stop))]
         except ValueError:
             raise KeyError(f"window ({start}, {stop}) is not in this sweep") from None
+
+    def save(self, path: str | Path, model: HookedViTLike | None = None) -> Path:
+        """Writes the sweep to one ``.safetensors`` file (`caap_lens.attribution.storage`).
+
+        Args:
+            path: The file to write.
+            model: The `HookedViT` that made the sweep, to record its origin and config (optional).
+
+        Returns:
+            The path written.
+        """
+        tensors = {"maps": self.maps, "context_score": self.context_score, "source_score": self.source_score,
+                   "targets": self.targets, "source_output": self.source_output}
+        meta = {"kind": "window_sweep", "grid": self.grid, "windows": list(self.windows),
+                "settings": describe_settings(self.settings), "timing": self.timing}
+        return save_result(path, tensors, meta, model=model)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "WindowSweepResult":
+        """Reads a sweep written by `save`; windows are ``(start, stop)`` tuples, settings a plain dict.
+
+        Example:
+            >>> sweep.save("sweep.safetensors")  # doctest: +SKIP
+            >>> WindowSweepResult.load("sweep.safetensors").map_for(4, 8).shape  # doctest: +SKIP
+            torch.Size([1, 14, 14])
+        """
+        tensors, meta = load_result(path, kind="window_sweep")
+        return cls(maps=tensors["maps"], windows=list(meta["windows"]), context_score=tensors["context_score"],
+                   source_score=tensors["source_score"], targets=tensors["targets"],
+                   settings=meta.get("settings", {}), timing=meta.get("timing", {}),
+                   source_output=tensors.get("source_output"), grid=meta.get("grid"))
 
 
 def all_windows(n_layers: int) -> list[Window]:

@@ -14,13 +14,18 @@ import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from caap_lens.attribution import storage
 from caap_lens.grid import PatchGrid
+
+if TYPE_CHECKING:
+    from caap_lens.model.protocol import HookedViTLike
 
 
 @dataclass
@@ -101,6 +106,38 @@ class CAAPResult:
             {"patch": int(i), "row": self.grid.rc_of(int(i))[0], "col": self.grid.rc_of(int(i))[1], "value": float(v)}
             for v, i in zip(values, index)
         ]
+
+    def save(self, path: str | Path, model: HookedViTLike | None = None) -> Path:
+        """Writes the result to one ``.safetensors`` file (`caap_lens.attribution.storage`).
+
+        Args:
+            path: The file to write.
+            model: The `HookedViT` that made the result, to record its origin and config (optional).
+
+        Returns:
+            The path written.
+
+        Example:
+            >>> result.save("map.safetensors", model=model)  # doctest: +SKIP
+            >>> CAAPResult.load("map.safetensors").top_patches(3)  # doctest: +SKIP
+        """
+        tensors = {"map": self.map, "targets": self.targets, "source_score": self.source_score,
+                   "context_score": self.context_score, "source_output": self.source_output}
+        meta = {"kind": "caap", "grid": self.grid, "settings": storage.describe_settings(self.settings),
+                "timing": self.timing}
+        return storage.save_result(path, tensors, meta, model=model)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CAAPResult":
+        """Reads a result written by `save`; its settings are a plain dict (contexts and scores by name).
+
+        Raises:
+            caap_lens.attribution.storage.ResultFileError: not a CAAP result file (see `load_result`).
+        """
+        tensors, meta = storage.load_result(path, kind="caap")
+        return cls(map=tensors["map"], targets=tensors["targets"], source_score=tensors["source_score"],
+                   context_score=tensors["context_score"], grid=meta["grid"], settings=meta.get("settings", {}),
+                   timing=meta.get("timing", {}), source_output=tensors.get("source_output"))
 
     def __repr__(self) -> str:
         s = self.settings

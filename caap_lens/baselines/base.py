@@ -38,6 +38,7 @@ import inspect
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -48,6 +49,7 @@ from caap_lens._deprecation import UNSET
 from caap_lens.attribution.contexts import resolve_context
 from caap_lens.attribution.engine import caap_settings, caap_with, prepare_images
 from caap_lens.attribution.scores import ScoreLike, resolve_score, scores_index_classes
+from caap_lens.attribution.storage import describe_settings, load_result, save_result
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.grid import PatchGrid
 from caap_lens.model.protocol import HookedViTLike
@@ -107,6 +109,41 @@ class Attribution:
         if self.pixels is not None:
             return self.pixels
         return self.grid.to_pixels(self.map, mode=mode)
+
+    def save(self, path: str | Path, model: HookedViTLike | None = None) -> Path:
+        """Writes the attribution to one ``.safetensors`` file (`caap_lens.attribution.storage`).
+
+        Tensors in ``info`` are stored as tensors (``info.<key>``), its other values as JSON.
+
+        Args:
+            path: The file to write.
+            model: The `HookedViT` that made it, to record its origin and config (optional).
+
+        Returns:
+            The path written.
+
+        Example:
+            >>> attribute("rise", model, images, n_masks=200).save("rise.safetensors")  # doctest: +SKIP
+            >>> Attribution.load("rise.safetensors").to_pixels().shape  # doctest: +SKIP
+            torch.Size([2, 224, 224])
+        """
+        tensors = {"map": self.map, "pixels": self.pixels, "targets": self.targets,
+                   "source_output": self.source_output}
+        tensors.update({f"info.{k}": v for k, v in self.info.items() if isinstance(v, Tensor)})
+        info = {k: v for k, v in self.info.items() if not isinstance(v, Tensor)}
+        meta = {"kind": "attribution", "method": self.method, "grid": self.grid,
+                "settings": describe_settings(self.settings), "timing": self.timing, "info": info}
+        return save_result(path, tensors, meta, model=model)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Attribution":
+        """Reads an attribution written by `save` (settings as saved: options by name, tensors by shape)."""
+        tensors, meta = load_result(path, kind="attribution")
+        info = dict(meta.get("info", {}))
+        info.update({k[len("info."):]: v for k, v in tensors.items() if k.startswith("info.")})
+        return cls(map=tensors["map"], pixels=tensors.get("pixels"), method=meta["method"],
+                   targets=tensors["targets"], grid=meta["grid"], settings=meta.get("settings", {}),
+                   timing=meta.get("timing", {}), info=info, source_output=tensors.get("source_output"))
 
     def __repr__(self) -> str:
         pixels = f", pixels {tuple(self.pixels.shape)}" if self.pixels is not None else ""
