@@ -9,7 +9,7 @@ holds one JSON string under the key ``"caap_lens.result"``::
      "created": "2026-12-01T22:43:26+00:00",
      "grid": {"grid_size": [14, 14], "patch_size": [16, 16], "n_prefix_tokens": 1},
      "settings": {...}, "timing": {...},
-     "model": {"source": ..., "weights": ..., "config": {...}},   # only when saved with model=
+     "model": {"source": ..., "weights": ..., "weights_kind": ..., "config": {...}},  # with model=
      ...}                                                          # the kind's own fields (windows, method, info)
 
 Settings are saved as their printable description (``dict(settings)`` of a
@@ -117,8 +117,8 @@ def describe_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def model_info(model: Any) -> dict[str, Any]:
-    """Where a model comes from: ``source`` (``cfg.source``), ``weights`` (``cfg.weights``, when the
-    config records it, else None) and ``config`` (the whole ``cfg`` as a dict)."""
+    """Where a model comes from: ``source`` (``cfg.source``), ``weights`` and ``weights_kind`` (the
+    config's fields of that name where it has them, else None) and ``config`` (``cfg`` as a dict)."""
     cfg = model.cfg
     if hasattr(cfg, "to_dict"):
         config = cfg.to_dict()
@@ -129,6 +129,7 @@ def model_info(model: Any) -> dict[str, Any]:
     return to_json_safe({
         "source": getattr(cfg, "source", None),
         "weights": getattr(cfg, "weights", None),
+        "weights_kind": getattr(cfg, "weights_kind", None),
         "config": config,
     })
 
