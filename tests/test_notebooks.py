@@ -1,12 +1,15 @@
 """The tutorial notebooks in notebooks/: stored clean (fast test), and each one runs top to bottom (slow).
 
 The notebooks assert the invariants they demonstrate, so running them checks the library as well as
-the tutorials. CI also runs them with ``pytest --nbmake notebooks/``; this module runs them from the
-normal test suite (``pytest -m slow``) with nbclient, in the repository's own interpreter.
+the tutorials. This module runs them from the normal test suite (``pytest -m slow``, part of ``make
+test``) with nbclient, in the repository's own interpreter. Each executed copy, outputs included, is
+written to build/notebooks/ and stamped with the sha256 of its source; the docs build
+(docs/notebook_pages.py) renders those copies into the site instead of executing the notebooks again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -15,6 +18,8 @@ from pathlib import Path
 import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+EXECUTED_DIR = NOTEBOOK_DIR.parent / "build" / "notebooks"  # read by the docs build (docs/notebook_pages.py)
+STAMP = "caap_lens_source_sha256"  # the same metadata key as docs/notebook_pages.py
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED = [
     "01_quickstart.ipynb",
@@ -57,10 +62,11 @@ def test_notebook_is_stored_clean(path: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path: Path):
-    nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbformat (pip install nbmake)")
-    nbclient = pytest.importorskip("nbclient", reason="notebook tests need nbclient (pip install nbmake)")
+    nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbformat (pip install -e '.[dev]')")
+    nbclient = pytest.importorskip("nbclient", reason="notebook tests need nbclient (pip install -e '.[dev]')")
     pytest.importorskip("ipykernel", reason="notebook tests need ipykernel (pip install ipykernel)")
 
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     notebook = nbformat.read(path, as_version=4)
     # kernel "python3" is started with this interpreter (jupyter_client swaps in sys.executable for a
     # kernelspec that says "python"/"python3"), so the kernel sees the caap_lens under test.
@@ -74,4 +80,7 @@ def test_notebook_runs(path: Path):
     print(f"{path.name}: {seconds:.1f} s")
     errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
+    notebook.metadata[STAMP] = digest
+    EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, EXECUTED_DIR / path.name)
 
