@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import plotly.graph_objects as go
 from PIL import Image
 
 from caap_lens.grid import PatchGrid
@@ -17,6 +18,10 @@ from caap_lens.plot import (
     top_classes_bar,
 )
 from caap_lens.plot.common import color_range, image_to_rgb
+
+# The scales as plotly resolves them (literal names, so a change of the library's choice shows here).
+DIVERGING_SCALE = go.Heatmap(colorscale="RdBu_r").colorscale
+SEQUENTIAL_SCALE = go.Heatmap(colorscale="Viridis").colorscale
 
 GRID = PatchGrid(grid_size=(4, 5), patch_size=(16, 16), n_prefix_tokens=1)  # 64 x 80 pixels, 20 patches
 N_GRID_SHAPES = (4 + 1) + (5 + 1)
@@ -71,9 +76,10 @@ def test_overlay_hover_text_names_patch_row_col_value(rgb, signed_map):
 def test_overlay_diverging_scale_centred_at_zero(rgb, signed_map):
     heat = map_overlay(rgb, signed_map, GRID).data[1]
     assert heat.zmin == -heat.zmax == -2.0
-    assert "RdBu" in str(heat.colorscale) or heat.colorscale[0][1] != heat.colorscale[-1][1]
+    assert heat.colorscale == DIVERGING_SCALE and heat.colorscale[len(heat.colorscale) // 2][1] == "rgb(247,247,247)"
     positive = map_overlay(rgb, signed_map + 5, GRID).data[1]
     assert positive.zmin == pytest.approx(4.0) and positive.zmax == pytest.approx(7.0)
+    assert positive.colorscale == SEQUENTIAL_SCALE  # one-signed values: not a diverging scale
     custom = map_overlay(rgb, signed_map, GRID, colorscale="Hot").data[1]
     assert custom.colorscale != heat.colorscale
 
@@ -239,3 +245,63 @@ def test_depth_slider(profile, rgb):
     no_image = depth_slider(profile, GRID)
     assert [t.type for t in no_image.data] == ["heatmap"] * n_layers
     assert len(no_image.layout.sliders[0].steps) == n_layers
+
+
+# ------------------------------------------------------------------------- effect vs raw
+def _result(map_: torch.Tensor, context: float, score: str = "logit", relative: bool = False):
+    from caap_lens.attribution.result import CAAPResult
+
+    return CAAPResult(map=map_[None], targets=torch.tensor([0]), source_score=torch.tensor([3.0]),
+                      context_score=torch.tensor([context]), grid=GRID,
+                      settings={"layers": (1, 3), "score": score, "relative": relative})
+
+
+def test_overlay_of_a_result_shows_the_effect_by_default(rgb):
+    raw = torch.linspace(-2.0, -1.0, 20).reshape(4, 5)  # every patch below 0, most above the context
+    result = _result(raw, context=-1.55)
+    fig = map_overlay(rgb, result, GRID)
+    heat = fig.data[1]
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), (raw + 1.55).double().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), result.effect[0].double().numpy(), rtol=1e-6)
+    assert heat.colorbar.title.text == "logit − context" and "logit − context" in heat.text[0][0]
+    assert heat.zmin == -heat.zmax and heat.colorscale == DIVERGING_SCALE  # white (the middle) = no effect
+    shown = map_overlay(rgb, result, GRID, values="raw").data[1]
+    np.testing.assert_allclose(np.asarray(shown.z, dtype=float), raw.double().numpy(), rtol=1e-6)
+    assert shown.colorbar.title.text == "logit (raw)" and shown.zmax < 0  # one-signed raw: sequential
+    # a map with its context score gives the same picture; a map alone is drawn as given
+    by_hand = map_overlay(rgb, raw, GRID, context_score=-1.55, value_name="logit").data[1]
+    np.testing.assert_allclose(np.asarray(by_hand.z, dtype=float), np.asarray(heat.z, dtype=float), rtol=1e-6)
+    alone = map_overlay(rgb, raw, GRID, value_name="logit").data[1]
+    assert alone.colorbar.title.text == "logit"
+    np.testing.assert_allclose(np.asarray(alone.z, dtype=float), raw.double().numpy(), rtol=1e-6)
+    relative = _result(raw + 1.55, context=-1.55, relative=True)  # caap(relative=True): already the effect
+    np.testing.assert_allclose(np.asarray(map_overlay(rgb, relative, GRID).data[1].z, dtype=float),
+                               np.asarray(heat.z, dtype=float), rtol=1e-6)
+    with pytest.raises(ValueError, match="'effect'"):
+        map_overlay(rgb, result, GRID, values="relative")
+
+
+def test_depth_plots_of_a_profile_show_the_effect_by_default(profile, rgb):
+    from caap_lens.sweeps import WindowSweepResult
+
+    n = profile.shape[0]
+    context = torch.linspace(-1.0, 1.0, n)
+    sweep = WindowSweepResult(maps=profile[:, None], windows=[(l, l + 1) for l in range(n)],
+                              context_score=context[:, None], source_score=torch.tensor([2.0]),
+                              targets=torch.tensor([0]), settings={"score": "prob"})
+    effect = (profile - context[:, None, None]).double().numpy()
+    lines = depth_profile_lines(sweep, GRID, [7])
+    np.testing.assert_allclose(lines.data[0].y, effect[:, 1, 2], rtol=1e-6)
+    assert lines.layout.yaxis.title.text == "prob − context" and list(lines.data[0].x) == list(range(n))
+    heat = depth_heatmap(sweep, GRID).data[0]
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float)[:, 7], effect[:, 1, 2], rtol=1e-6)
+    assert heat.colorbar.title.text == "prob − context" and heat.zmin == -heat.zmax
+    slider = depth_slider(sweep, GRID, rgb)
+    np.testing.assert_allclose(np.asarray(slider.data[1].z, dtype=float), effect[0], rtol=1e-6)
+    raw = depth_heatmap(sweep, GRID, values="raw").data[0]
+    np.testing.assert_allclose(np.asarray(raw.z, dtype=float)[:, 7], profile[:, 1, 2].double().numpy(), rtol=1e-6)
+    assert raw.colorbar.title.text == "prob (raw)"
+    by_hand = depth_heatmap(profile, GRID, context_score=context, value_name="prob").data[0]
+    np.testing.assert_allclose(np.asarray(by_hand.z, dtype=float), np.asarray(heat.z, dtype=float), rtol=1e-6)
+    with pytest.raises(ValueError, match="one per layer"):
+        depth_heatmap(profile, GRID, context_score=[0.0, 1.0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 import torch
 
@@ -94,12 +95,13 @@ def test_window_sweep_heatmap_structure_and_hover(sweep):
 def test_window_sweep_view_structure(sweep, rgb):
     shown = [(0, 4), (1, 3)]
     auc = torch.linspace(0.0, 1.0, 10)
-    fig = window_sweep_view(sweep, rgb, GRID, auc, shown, image_index=1, score_name="AUC", value_name="logit")
+    fig = window_sweep_view(sweep, rgb, GRID, auc, shown, image_index=1, score_name="AUC", value_name="logit",
+                            values="raw")
     assert [t.type for t in fig.data] == ["heatmap", "scatter"] + ["image", "heatmap"] * 2
     assert fig.data[0].coloraxis == "coloraxis"
     assert {fig.data[3].coloraxis, fig.data[5].coloraxis} == {"coloraxis2"}  # maps share one scale
     assert fig.layout.coloraxis.colorbar.title.text == "AUC"
-    assert fig.layout.coloraxis2.colorbar.title.text == "logit"
+    assert fig.layout.coloraxis2.colorbar.title.text == "logit (raw)"
     marks = fig.data[1]
     assert list(marks.x) == [4, 3] and list(marks.y) == [0, 1] and list(marks.text) == ["A", "B"]
     titles = [a.text for a in fig.layout.annotations]
@@ -119,6 +121,15 @@ def test_window_sweep_view_structure(sweep, rgb):
     best = sweep.windows[int(auc.argmax())]
     assert list(zip(default.data[1].y, default.data[1].x)) == [best, (1, 2), (0, 4)]
     assert len(default.data) == 2 + 2 * 3
+    # the default: each map minus its window's context score (0.5), on a scale centred at 0 (white = no effect)
+    effect = window_sweep_view(sweep, rgb, GRID, auc, shown, image_index=1, value_name="logit")
+    np.testing.assert_allclose(np.asarray(effect.data[5].z, dtype=float),
+                               sweep.map_for(1, 3)[1].double().numpy() - 0.5, rtol=1e-6)
+    assert effect.layout.coloraxis2.colorbar.title.text == "logit − context"
+    assert effect.layout.coloraxis2.cmin == -effect.layout.coloraxis2.cmax
+    assert "logit − context" in effect.data[3].text[2][3]
+    with pytest.raises(ValueError, match="'effect'"):
+        window_sweep_view(sweep, rgb, GRID, auc, shown, values="relative")
     with pytest.raises(KeyError):
         window_sweep_view(sweep, rgb, GRID, auc, [(2, 9)])
     with pytest.raises(TypeError):
@@ -160,11 +171,40 @@ def test_head_grid_from_result_with_image(rgb):
     np.testing.assert_allclose(np.asarray(fig.data[1].z, dtype=float), maps[1, 0, 0].double().numpy(), rtol=1e-6)
     assert fig.data[0].source.startswith("data:image/png;base64,")
     assert len(fig.layout.shapes) == 6 * N_GRID_SHAPES
-    assert fig.layout.coloraxis.colorscale[0][1] != fig.layout.coloraxis.colorscale[-1][1]
-    assert fig.layout.coloraxis.cmin >= 0  # one-signed: sequential, not centred
+    assert fig.layout.coloraxis.colorbar.title.text == "score − context"  # the effect (context 0 here)
+    assert fig.layout.coloraxis.cmin == -fig.layout.coloraxis.cmax  # effects: centred at 0 (white = no effect)
+    raw = head_grid(result, GRID, image=rgb, image_index=1, values="raw")
+    assert raw.layout.coloraxis.colorscale == go.Heatmap(colorscale="Viridis").colorscale
+    assert fig.layout.coloraxis.colorscale == go.Heatmap(colorscale="RdBu_r").colorscale
+    assert raw.layout.coloraxis.cmin >= 0  # one-signed raw values: sequential, not centred
+    assert raw.layout.coloraxis.colorbar.title.text == "score (raw)"
     window = CAAPResult(map=torch.rand(1, 2, 4, 5), targets=torch.tensor([0]), source_score=torch.zeros(1),
                         context_score=torch.zeros(1), grid=GRID, settings={"layers": (4, 8)})
     assert "window [4, 8)" in {a.text for a in head_grid(window, GRID).layout.annotations}
+
+
+def test_head_grid_shows_the_effect_by_default():
+    maps = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(3)) + 1.0  # [batch, heads, gh, gw]
+    context = torch.tensor([0.4, 1.5])
+    result = CAAPResult(map=maps, targets=torch.tensor([0, 1]), source_score=torch.full((2,), 3.0),
+                        context_score=context, grid=GRID, settings={"layers": (1, 3), "score": "logit"})
+    fig = head_grid(result, GRID, image_index=1)
+    np.testing.assert_allclose(np.asarray(fig.data[2].z, dtype=float), (maps[1, 2] - 1.5).double().numpy(), rtol=1e-6)
+    assert fig.layout.coloraxis.colorbar.title.text == "logit − context"
+    assert "logit − context" in fig.data[2].text[0][0]
+    raw = head_grid(result, GRID, image_index=1, values="raw")
+    np.testing.assert_allclose(np.asarray(raw.data[2].z, dtype=float), maps[1, 2].double().numpy(), rtol=1e-6)
+    assert raw.layout.coloraxis.colorbar.title.text == "logit (raw)"
+    # maps with their context score given; without one they are drawn as given
+    by_hand = head_grid(maps[1], GRID, context_score=1.5, value_name="logit")
+    np.testing.assert_allclose(np.asarray(by_hand.data[2].z, dtype=float), np.asarray(fig.data[2].z, dtype=float))
+    plain = head_grid(maps[1], GRID, value_name="logit")
+    assert plain.layout.coloraxis.colorbar.title.text == "logit"
+    relative = CAAPResult(map=maps - context[:, None, None, None], targets=result.targets,
+                          source_score=result.source_score, context_score=context, grid=GRID,
+                          settings={"layers": (1, 3), "score": "logit", "relative": True})
+    np.testing.assert_allclose(np.asarray(head_grid(relative, GRID, image_index=1).data[2].z, dtype=float),
+                               np.asarray(fig.data[2].z, dtype=float), rtol=1e-6)  # already the effect
 
 
 # ---------------------------------------------------------------------------------- curves
@@ -186,7 +226,11 @@ def test_metric_curves_mean_with_band_and_auc_in_legend():
     np.testing.assert_allclose(line.y, curves["caap"].y.mean(0).numpy())
     m, lower, upper = band_bounds(curves["caap"].y, "ci")
     np.testing.assert_allclose(band.y, np.r_[upper, lower[::-1]])
-    assert np.all(upper >= m) and np.all(lower <= m)
+    # Per point, the band is the t-interval of the mean over the 5 images (mean_ci's, independent of it).
+    per_point = [mean_ci(curves["caap"].y[:, j]) for j in range(9)]
+    np.testing.assert_allclose(m, [p.mean for p in per_point], rtol=1e-12)
+    np.testing.assert_allclose(lower, [p.lo for p in per_point], rtol=1e-9)
+    np.testing.assert_allclose(upper, [p.hi for p in per_point], rtol=1e-9)
     assert fig.layout.xaxis.title.text == "fraction of patches removed, most important first"
     assert fig.layout.yaxis.title.text == "target-class probability (softmax)"
     assert fig.layout.title.text == "Deletion curves (mean of 5 images)"

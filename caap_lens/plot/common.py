@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Any, Literal, Sequence, Union
 
 import numpy as np
 import plotly.graph_objects as go
@@ -38,6 +38,11 @@ ImageLike = Union[
     Image.Image,
 ]
 
+# What a map's colours show: "effect", the map minus the context run's own score (0, white: the patch
+# changes nothing), or "raw", the patched runs' scores as computed.
+Values = Literal["effect", "raw"]
+VALUES = ("effect", "raw")
+
 DIVERGING = "RdBu_r"
 SEQUENTIAL = "Viridis"
 GRID_LINE_COLOR = "rgba(255, 255, 255, 0.55)"
@@ -48,7 +53,8 @@ LINE_COLORS = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3",
 __all__ = [
     "ArrayLike", "PatchMap", "ImageLike", "DIVERGING", "SEQUENTIAL", "GRID_LINE_COLOR", "LINE_COLORS",
     "to_numpy", "image_to_rgb", "check_map", "color_range", "grid_shapes", "hover_texts", "patch_heatmap",
-    "image_trace", "figure_width", "image_axes",
+    "image_trace", "figure_width", "image_axes", "Values", "VALUES", "check_values", "score_name", "value_label",
+    "effect_values",
 ]
 
 
@@ -257,3 +263,72 @@ def image_axes(fig: go.Figure, height: float, width: float, grid: PatchGrid, row
     fig.update_yaxes(range=[height, 0], showgrid=False, zeroline=False, constrain="domain",
                      scaleanchor=x_anchor, scaleratio=1, title_text="patch row" if titles else None,
                      **_patch_ticks(gh, height), row=row, col=col)
+
+
+def check_values(values: str) -> str:
+    """``values`` checked: ``"effect"`` or ``"raw"``.
+
+    Example:
+        >>> check_values("raw")
+        'raw'
+    """
+    if values not in VALUES:
+        raise ValueError(f"values must be 'effect' (the map minus the context's score) or 'raw', got {values!r}")
+    return values
+
+
+def score_name(settings: Any) -> str:
+    """The score's name in a result's settings: a registry name, a callable's name, or ``"score"``.
+
+    Example:
+        >>> score_name({"score": "logit"}), score_name({})
+        ('logit', 'score')
+    """
+    score = settings.get("score") if hasattr(settings, "get") else None
+    if isinstance(score, str):
+        return score
+    if score is None:
+        return "score"
+    return getattr(score, "__name__", None) or type(score).__name__
+
+
+def value_label(name: str, values: str, relative: bool = False, has_context: bool = True) -> str:
+    """What the shown values are, for colour bars and hover: ``"logit − context"`` or ``"logit (raw)"``.
+
+    Args:
+        name: The score's name, e.g. ``"logit"``.
+        values: ``"effect"`` or ``"raw"``.
+        relative: The map was computed with ``relative=True`` (it already is the effect).
+        has_context: The context's score is known; without it the values are shown as given (``name``).
+
+    Example:
+        >>> value_label("logit", "effect"), value_label("logit", "raw"), value_label("prob", "raw", relative=True)
+        ('logit − context', 'logit (raw)', 'prob − context')
+    """
+    check_values(values)
+    if relative:
+        return f"{name} − context"
+    if not has_context:
+        return name
+    return f"{name} − context" if values == "effect" else f"{name} (raw)"
+
+
+def effect_values(maps: Any, context_score: Any, values: str = "effect", relative: bool = False) -> np.ndarray:
+    """``maps`` as shown: minus the context's score (``"effect"``) or as given (``"raw"``), float64.
+
+    Args:
+        maps: Maps ``[n, ...]`` or one map.
+        context_score: The context's score: a number, or one per leading entry of ``maps`` (e.g. per
+            layer of a depth profile); None: the maps are shown as given.
+        values: ``"effect"`` or ``"raw"``.
+        relative: The maps were computed with ``relative=True`` (already the effect: nothing subtracted).
+
+    Example:
+        >>> effect_values(np.array([[1.0, 2.0]]), 1.5).tolist(), effect_values(np.array([1.0]), 1.5, "raw").tolist()
+        ([[-0.5, 0.5]], [1.0])
+    """
+    v = to_numpy(maps).astype(np.float64)
+    if check_values(values) == "raw" or relative or context_score is None:
+        return v
+    c = to_numpy(context_score).astype(np.float64)
+    return v - c.reshape(*c.shape, *([1] * (v.ndim - c.ndim)))

@@ -4,9 +4,14 @@
 * `depth_heatmap` — layers × chosen patches.
 * `depth_slider` — the map of each layer (over the image), with a slider over layers.
 
-All take the profile of one image, ``[n_layers, grid_h, grid_w]``: for a `WindowSweepResult`
-``profile`` from ``depth_profile(model, x)``, that is ``profile.maps[:, i]``, and the layers are
-``[start for start, _ in profile.windows]``.
+All take the profile of one image: the `WindowSweepResult` of ``depth_profile(model, x)`` itself
+(image ``image_index``; the layers are read from its windows), or its maps ``[n_layers, grid_h,
+grid_w]``, e.g. ``profile.maps[:, i]`` with ``layers=[start for start, _ in profile.windows]``.
+
+Values are read against "no effect" by default (``values="effect"``): each layer's map minus that
+layer's context score (the profile's ``context_score``, or ``context_score=`` given with maps), so 0
+(white) is a patch that changes nothing. ``values="raw"`` shows the patched scores as computed;
+maps given without a context score are shown as given.
 
 Example:
     >>> profile = depth_profile(model, x)  # doctest: +SKIP
@@ -27,14 +32,18 @@ from caap_lens.plot.common import (
     GRID_LINE_COLOR,
     LINE_COLORS,
     ImageLike,
+    check_values,
     color_range,
+    effect_values,
     figure_width,
     grid_shapes,
     image_axes,
     image_to_rgb,
     image_trace,
     patch_heatmap,
+    score_name,
     to_numpy,
+    value_label,
 )
 
 ProfileMaps = Float[Union[Tensor, np.ndarray], "n_layers grid_h grid_w"]
@@ -52,6 +61,34 @@ def _profile(profile_maps: Any, grid: PatchGrid) -> np.ndarray:
             f"(e.g. profile.maps[:, 0]), got shape {p.shape}"
         )
     return p
+
+
+def _shown(
+    profile_maps: Any, grid: PatchGrid, layers: Sequence[int] | None, values: str, context_score: Any,
+    image_index: int, value_name: str | None,
+) -> tuple[np.ndarray, Sequence[int] | None, str, bool]:
+    """``(profile as shown [n_layers, gh, gw], layers, value label, whether it is an effect)``."""
+    check_values(values)
+    relative = False
+    if hasattr(profile_maps, "maps") and hasattr(profile_maps, "windows"):  # a WindowSweepResult
+        sweep = profile_maps
+        n_images = sweep.maps.shape[1]
+        if not -n_images <= image_index < n_images:
+            raise IndexError(f"image_index {image_index} out of range for {n_images} images")
+        relative = bool(sweep.settings.get("relative"))
+        value_name = value_name or score_name(sweep.settings)
+        layers = layers if layers is not None else [int(w[0]) for w in sweep.windows]
+        profile_maps, context_score = sweep.maps[:, image_index], to_numpy(sweep.context_score)[:, image_index]
+    p = _profile(profile_maps, grid)
+    has_context = context_score is not None
+    if has_context:
+        c = to_numpy(context_score).astype(np.float64).reshape(-1)
+        if c.size not in (1, p.shape[0]):
+            raise ValueError(f"context_score: one value or one per layer ({p.shape[0]}), got {c.size}")
+        context_score = c if c.size == p.shape[0] else c[0]
+    shown = effect_values(p, context_score, values, relative)
+    effect = relative or (values == "effect" and has_context)
+    return shown, layers, value_label(value_name or "value", values, relative, has_context), effect
 
 
 def _layers(layers: Sequence[int] | None, n: int) -> list[int]:
@@ -96,8 +133,11 @@ def depth_profile_lines(
     *,
     k: int = 5,
     layers: Sequence[int] | None = None,
+    values: str = "effect",
+    context_score: Any = None,
+    image_index: int = 0,
     show_mean: bool = True,
-    value_name: str = "value",
+    value_name: str | None = None,
     title: str = "Patch effect across depth",
     height: int = 380,
     width: int | None = None,
@@ -105,13 +145,17 @@ def depth_profile_lines(
     """One line per patch: its value when only layer ``l`` is patched, against ``l``.
 
     Args:
-        profile_maps: ``[n_layers, grid_h, grid_w]`` for one image.
+        profile_maps: A depth profile (`WindowSweepResult`) or its maps ``[n_layers, grid_h, grid_w]``
+            for one image.
         grid: The model's `PatchGrid`.
         patches: Patch indices to draw; default: the ``k`` with the highest peak.
         k: Number of patches when ``patches`` is not given.
-        layers: The layer of each map (default ``0..n_layers-1``).
+        layers: The layer of each map (default: the profile's, else ``0..n_layers-1``).
+        values: ``"effect"`` (minus the context's score; a line at 0 is no effect) or ``"raw"``.
+        context_score: With maps: the context's score, one number or one per layer.
+        image_index: Which image of a profile.
         show_mean: Add a dashed line with the mean over all patches.
-        value_name: Y-axis title, e.g. ``"logit"``.
+        value_name: The score's name (y-axis title ``"<name> − context"`` or ``"<name> (raw)"``).
         title: Figure title.
         height: Figure height in pixels.
         width: Figure width in pixels (default: the container's).
@@ -122,7 +166,7 @@ def depth_profile_lines(
     Example:
         >>> fig = depth_profile_lines(profile.maps[:, 0], model.grid, patches=[3, 7])  # doctest: +SKIP
     """
-    p = _profile(profile_maps, grid)
+    p, layers, value_name, effect = _shown(profile_maps, grid, layers, values, context_score, image_index, value_name)
     xs = _layers(layers, p.shape[0])
     fig = go.Figure()
     for n, patch in enumerate(_patches(patches, p, grid, k)):
@@ -139,7 +183,7 @@ def depth_profile_lines(
             hovertemplate=f"mean of all patches<br>layer %{{x}}<br>{value_name} %{{y:.4g}}<extra></extra>",
         ))
     fig.update_xaxes(title_text="layer patched (window l → l+1)", tickmode="array", tickvals=xs)
-    fig.update_yaxes(title_text=value_name)
+    fig.update_yaxes(title_text=value_name, zeroline=effect, zerolinecolor="#999", zerolinewidth=1)
     fig.update_layout(title={"text": title, "x": 0.5, "xanchor": "center"}, template="plotly_white", height=height,
                       width=width, hovermode="closest", margin={"l": 60, "r": 20, "t": 60, "b": 50},
                       legend={"font": {"size": 11}})
@@ -153,8 +197,11 @@ def depth_heatmap(
     *,
     k: int | None = None,
     layers: Sequence[int] | None = None,
+    values: str = "effect",
+    context_score: Any = None,
+    image_index: int = 0,
     colorscale: Any = None,
-    value_name: str = "value",
+    value_name: str | None = None,
     title: str = "Patch effect by layer",
     height: int = 380,
     width: int | None = None,
@@ -162,13 +209,17 @@ def depth_heatmap(
     """A layers × patches heatmap of a depth profile.
 
     Args:
-        profile_maps: ``[n_layers, grid_h, grid_w]`` for one image.
+        profile_maps: A depth profile (`WindowSweepResult`) or its maps ``[n_layers, grid_h, grid_w]``
+            for one image.
         grid: The model's `PatchGrid`.
         patches: Patch indices (columns); default all patches, or the top ``k`` by peak if ``k``.
         k: See ``patches``.
-        layers: The layer of each map (default ``0..n_layers-1``).
-        colorscale: Plotly colour scale; default diverging about 0 when values have both signs.
-        value_name: Colour-bar title and hover label.
+        layers: The layer of each map (default: the profile's, else ``0..n_layers-1``).
+        values: ``"effect"`` (minus the context's score, white = no effect) or ``"raw"``.
+        context_score: With maps: the context's score, one number or one per layer.
+        image_index: Which image of a profile.
+        colorscale: Plotly colour scale; default diverging about 0 for effects and for two-signed raw values.
+        value_name: The score's name (colour-bar title and hover ``"<name> − context"`` or ``"<name> (raw)"``).
         title: Figure title.
         height: Figure height in pixels.
         width: Figure width in pixels (default: the container's).
@@ -179,7 +230,7 @@ def depth_heatmap(
     Example:
         >>> fig = depth_heatmap(profile.maps[:, 0], model.grid, k=10)  # doctest: +SKIP
     """
-    p = _profile(profile_maps, grid)
+    p, layers, value_name, effect = _shown(profile_maps, grid, layers, values, context_score, image_index, value_name)
     ys = _layers(layers, p.shape[0])
     if patches is None and k is None:
         chosen = list(range(grid.n_patches))
@@ -190,7 +241,7 @@ def depth_heatmap(
     labels = [f"{i} ({r},{c})" for i, (r, c) in zip(chosen, rcs)]
     text = [[f"patch {i} (row {r}, col {c})<br>layer {layer}<br>{value_name} {z[li, j]:.4g}"
              for j, (i, (r, c)) in enumerate(zip(chosen, rcs))] for li, layer in enumerate(ys)]
-    colors = color_range(z, colorscale)
+    colors = color_range(z, colorscale, symmetric=True if effect else None)
     fig = go.Figure(go.Heatmap(
         z=z, x=labels, y=ys, text=text, hovertemplate="%{text}<extra></extra>", colorscale=colors["colorscale"],
         zmin=colors["zmin"], zmax=colors["zmax"], colorbar={"title": {"text": value_name}, "thickness": 14},
@@ -210,28 +261,35 @@ def depth_slider(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     layers: Sequence[int] | None = None,
+    values: str = "effect",
+    context_score: Any = None,
+    image_index: int = 0,
     colorscale: Any = None,
     opacity: float = 0.55,
-    value_name: str = "value",
+    value_name: str | None = None,
     grid_color: str = GRID_LINE_COLOR,
     title: str = "Map when one layer is patched",
     size: int = 480,
 ) -> go.Figure:
     """The map of each layer over the image, one at a time, with a slider over layers.
 
-    All layers share one colour range (diverging about 0 when values have both signs), so moving
-    the slider compares layers.
+    All layers share one colour range (diverging about 0 for effects and for two-signed raw values),
+    so moving the slider compares layers.
 
     Args:
-        profile_maps: ``[n_layers, grid_h, grid_w]`` for one image.
+        profile_maps: A depth profile (`WindowSweepResult`) or its maps ``[n_layers, grid_h, grid_w]``
+            for one image.
         grid: The model's `PatchGrid`.
         image: The image under the maps (see `caap_lens.plot.common.image_to_rgb`); none: maps only.
         mean: Normalisation mean to undo when ``image`` is model input.
         std: Normalisation std to undo.
-        layers: The layer of each map (default ``0..n_layers-1``).
+        layers: The layer of each map (default: the profile's, else ``0..n_layers-1``).
+        values: ``"effect"`` (each layer's map minus its context score, white = no effect) or ``"raw"``.
+        context_score: With maps: the context's score, one number or one per layer.
+        image_index: Which image of a profile.
         colorscale: Plotly colour scale.
         opacity: Heatmap opacity (1 without an image).
-        value_name: Colour-bar title and hover label.
+        value_name: The score's name (colour-bar title and hover ``"<name> − context"`` or ``"<name> (raw)"``).
         grid_color: Colour of the patch-grid lines.
         title: Figure title.
         size: Figure height in pixels (without the slider).
@@ -244,14 +302,14 @@ def depth_slider(
         >>> fig = depth_slider(profile.maps[:, 0], model.grid, x[0], mean=model.cfg.image_mean,  # doctest: +SKIP
         ...                    std=model.cfg.image_std)
     """
-    p = _profile(profile_maps, grid)
+    p, layers, value_name, effect = _shown(profile_maps, grid, layers, values, context_score, image_index, value_name)
     labels = _layers(layers, p.shape[0])
     if image is not None:
         rgb = image_to_rgb(image, mean, std)
         height, width = rgb.shape[:2]
     else:
         rgb, (height, width) = None, grid.image_size
-    colors = color_range(p, colorscale)
+    colors = color_range(p, colorscale, symmetric=True if effect else None)
     fig = go.Figure()
     if rgb is not None:
         fig.add_trace(image_trace(rgb))

@@ -4,12 +4,14 @@
 ``[batch, n_heads, gh, gw]``; with ``per_layer=True`` one layer of the window at a time,
 ``[batch, n_layers_in_window, n_heads, gh, gw]``. `head_grid` draws the maps of one image: one row
 per layer, one column per head, every cell on the same colour scale (one colour bar), so a head
-that matters stands out against the others.
+that matters stands out against the others. Given a result (or maps and ``context_score=``), the
+cells show each head's effect, its map minus the context's score (``values="effect"``; white = no
+effect); ``values="raw"`` shows the patched scores as computed.
 
 Example:
     >>> result = caap(model, x, heads=True, per_layer=True, layers=(0, 6))  # doctest: +SKIP
-    >>> head_grid(result, model.grid, value_name="logit").show()  # rows: layers 0..5  # doctest: +SKIP
-    >>> head_grid(result.effect[0], model.grid, layers=range(0, 6))  # doctest: +SKIP
+    >>> head_grid(result, model.grid).show()  # rows: layers 0..5, colour bar "logit − context"  # doctest: +SKIP
+    >>> head_grid(result, model.grid, values="raw")  # the patched logits themselves  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ from caap_lens.grid import PatchGrid
 from caap_lens.plot.common import (
     GRID_LINE_COLOR,
     ImageLike,
+    check_values,
     color_range,
+    effect_values,
     grid_shapes,
     image_axes,
     image_to_rgb,
+    score_name,
     to_numpy,
+    value_label,
 )
 
 HeadMaps = Union[
@@ -52,11 +58,11 @@ def _png_source(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _from_result(result: Any, image_index: int) -> tuple[np.ndarray, list[Any] | None]:
+def _from_result(result: Any, image_index: int, values: str) -> tuple[np.ndarray, list[Any] | None]:
     maps = to_numpy(result.map)
     if not -maps.shape[0] <= image_index < maps.shape[0]:
         raise IndexError(f"image_index {image_index} out of range for {maps.shape[0]} images")
-    maps = maps[image_index]
+    maps = to_numpy(result.effect)[image_index] if values == "effect" else maps[image_index]
     window = result.settings.get("layers")
     labels: list[Any] | None = None
     if window is not None:
@@ -80,10 +86,12 @@ def head_grid(
     heads: Sequence[int] | None = None,
     image: ImageLike | None = None,
     image_index: int = 0,
+    values: str = "effect",
+    context_score: Any = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     colorscale: Any = None,
-    value_name: str = "value",
+    value_name: str | None = None,
     opacity: float = 0.6,
     grid_lines: bool = False,
     grid_color: str = GRID_LINE_COLOR,
@@ -102,10 +110,14 @@ def head_grid(
         heads: Head index of each column (default ``0..n_heads-1``).
         image: An image to draw under every map (see `caap_lens.plot.common.image_to_rgb`); none: maps only.
         image_index: Which image of a `CAAPResult` to draw.
+        values: ``"effect"``: each map minus the context's score (``result.effect``; white = no effect);
+            ``"raw"``: the patched scores. Maps given without ``context_score`` are drawn as given.
+        context_score: With maps: the context's score (one number, or one per row ``[n_layers]``).
         mean: Normalisation mean to undo when ``image`` is model input.
         std: Normalisation std to undo.
-        colorscale: Plotly colour scale; default diverging about 0 when the maps have both signs.
-        value_name: Colour-bar title and hover label.
+        colorscale: Plotly colour scale; default diverging about 0 for effects and for two-signed raw maps.
+        value_name: The score's name (colour bar and hover ``"<name> − context"`` or ``"<name> (raw)"``);
+            default the result's score, else ``"value"``.
         opacity: Map opacity over an image (1 without one).
         grid_lines: Draw the patch grid in every cell.
         grid_color: Colour of the grid lines.
@@ -122,8 +134,12 @@ def head_grid(
         (6, {'coloraxis'})
     """
     labels = None
+    check_values(values)
+    relative = has_context = False
     if hasattr(head_maps, "map") and hasattr(head_maps, "settings"):
-        head_maps, labels = _from_result(head_maps, image_index)
+        relative, has_context = bool(head_maps.settings.get("relative")), True
+        value_name = value_name or score_name(head_maps.settings)
+        head_maps, labels = _from_result(head_maps, image_index, values)
     maps = to_numpy(head_maps).astype(np.float64)
     gh, gw = grid.grid_size
     if maps.ndim == 3:
@@ -132,6 +148,14 @@ def head_grid(
         raise ValueError(f"expected per-head maps [n_layers, n_heads, {gh}, {gw}] or [n_heads, {gh}, {gw}] "
                          f"(e.g. result.map[0] of caap(..., heads=True)), got shape {tuple(to_numpy(head_maps).shape)}")
     n_layers, n_heads = maps.shape[:2]
+    if context_score is not None and not has_context:
+        has_context = True
+        c = to_numpy(context_score).astype(np.float64).reshape(-1)
+        if c.size not in (1, n_layers):
+            raise ValueError(f"context_score: one value or one per layer ({n_layers}), got {c.size}")
+        maps = effect_values(maps, np.broadcast_to(c, (n_layers,)), values)
+    effect = relative or (values == "effect" and has_context)
+    value_name = value_label(value_name or "value", values, relative, has_context)
     if layers is not None:
         labels = list(layers)
     labels = labels if labels is not None else list(range(n_layers))
@@ -147,7 +171,7 @@ def head_grid(
         source = _png_source(rgb)
     else:
         source, (height, width) = None, grid.image_size
-    colors = color_range(maps, colorscale)
+    colors = color_range(maps, colorscale, symmetric=True if effect else None)
     fig = make_subplots(rows=n_layers, cols=n_heads, row_titles=[_row_title(v) for v in labels],
                         column_titles=[f"head {h}" for h in head_ids],
                         horizontal_spacing=min(0.02, 0.2 / max(1, n_heads)),

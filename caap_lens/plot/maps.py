@@ -2,9 +2,15 @@
 
 A map is drawn at patch resolution — one heatmap cell per patch, exactly over the pixels of that
 patch — semi-transparent on top of the image, with the model's patch grid drawn as line shapes.
-Hovering a cell shows the patch index, its ``(row, col)`` and its value. When a map has both
-signs, the colour scale is diverging (``RdBu_r``) and symmetric about 0, so white means "no
-effect"; a one-signed map gets a sequential scale (``Viridis``).
+Hovering a cell shows the patch index, its ``(row, col)`` and its value.
+
+By default a map is read against "no effect": given a `CAAPResult` (or a map and its
+``context_score``), `map_overlay` draws the map minus the context run's own score (``values="effect"``,
+``result.effect``) on a diverging scale (``RdBu_r``) symmetric about 0, so white means the patch
+changes nothing, red that it raises the target's score, blue that it lowers it. ``values="raw"``
+draws the patched scores as computed, labelled ``"<score> (raw)"``; a map given without its context's
+score is drawn as given. Raw maps with both signs get the diverging scale about 0, one-signed ones a
+sequential scale (``Viridis``).
 
 Images may be given as 0..1 (or uint8) RGB ``[H, W, 3]`` / grayscale ``[H, W]`` arrays, as PIL
 images, or as the model's normalised ``[C, H, W]`` / ``[1, C, H, W]`` tensor together with ``mean``
@@ -31,14 +37,18 @@ from caap_lens.plot.common import (
     ImageLike,
     PatchMap,
     check_map,
+    check_values,
     color_range,
+    effect_values,
     figure_width,
     grid_shapes,
     image_axes,
     image_to_rgb,
     image_trace,
     patch_heatmap,
+    score_name,
     to_numpy,
+    value_label,
 )
 
 __all__ = ["map_overlay", "map_grid"]
@@ -47,15 +57,18 @@ __all__ = ["map_overlay", "map_grid"]
 # ------------------------------------------------------------------------------------ figures
 def map_overlay(
     image: ImageLike,
-    patch_map: PatchMap,
+    patch_map: PatchMap | Any,
     grid: PatchGrid,
     title: str = "CAAP map",
     colorscale: Any = None,
     *,
+    values: str = "effect",
+    context_score: float | None = None,
+    image_index: int = 0,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     opacity: float = 0.55,
-    value_name: str = "value",
+    value_name: str | None = None,
     grid_color: str = GRID_LINE_COLOR,
     size: int = 480,
 ) -> go.Figure:
@@ -63,14 +76,21 @@ def map_overlay(
 
     Args:
         image: The image (see `caap_lens.plot.common.image_to_rgb`); of any size: the map is stretched over it.
-        patch_map: Values per patch ``[grid_h, grid_w]`` (e.g. ``result.map[0]``).
+        patch_map: A `CAAPResult` of a patch map (its image ``image_index``), or values per patch
+            ``[grid_h, grid_w]`` (e.g. ``result.map[0]``).
         grid: The model's `PatchGrid` (``model.grid``).
         title: Figure title.
-        colorscale: A plotly colour scale; default diverging about 0 when the map has both signs.
+        colorscale: A plotly colour scale; default diverging about 0 for effects and for raw maps with
+            both signs.
+        values: ``"effect"``: the map minus the context's score, white = no effect (``result.effect``);
+            ``"raw"``: the patched scores as computed. A map given without ``context_score`` is drawn as given.
+        context_score: The context run's score, for a map given as values (``result.context_score[0]``).
+        image_index: Which image of a `CAAPResult`.
         mean: Normalisation mean to undo (``model.cfg.image_mean``) when ``image`` is model input.
         std: Normalisation std to undo (``model.cfg.image_std``).
         opacity: Heatmap opacity.
-        value_name: What the values are (colour-bar title and hover), e.g. ``"logit"``.
+        value_name: The score's name, e.g. ``"logit"``; the colour bar and hover say ``"logit − context"``
+            or ``"logit (raw)"``. Default: the result's score, else ``"value"``.
         grid_color: Colour of the patch-grid lines.
         size: Figure height in pixels.
 
@@ -78,19 +98,31 @@ def map_overlay(
         A figure with an ``image`` and a ``heatmap`` trace and ``grid_h + grid_w + 2`` line shapes.
 
     Example:
-        >>> fig = map_overlay(x[0], result.map[0], model.grid, mean=model.cfg.image_mean,  # doctest: +SKIP
-        ...                   std=model.cfg.image_std, value_name="logit")
+        >>> grid = PatchGrid((2, 2), (8, 8), 1)
+        >>> fig = map_overlay(np.zeros((16, 16)), np.array([[1.0, 2.0], [3.0, 4.0]]), grid, context_score=2.0,
+        ...                   value_name="logit")
+        >>> fig.data[1].z.tolist(), fig.data[1].colorbar.title.text
+        ([[-1.0, 0.0], [1.0, 2.0]], 'logit − context')
     """
     rgb = image_to_rgb(image, mean, std)
     height, width = rgb.shape[:2]
-    values = check_map(patch_map, grid)
-    colors = color_range(values, colorscale)
+    check_values(values)
+    relative = False
+    if hasattr(patch_map, "map") and hasattr(patch_map, "context_score"):  # a CAAPResult
+        result = patch_map
+        value_name = value_name or score_name(result.settings)
+        relative = bool(result.settings.get("relative"))
+        patch_map, context_score = result.map[image_index], result.context_score[image_index]
+    name = value_label(value_name or "value", values, relative, context_score is not None)
+    shown = effect_values(check_map(patch_map, grid), context_score, values, relative)
+    effect = relative or (values == "effect" and context_score is not None)
+    colors = color_range(shown, colorscale, symmetric=True if effect else None)
     fig = go.Figure()
     fig.add_trace(image_trace(rgb))
     fig.add_trace(patch_heatmap(
-        values, grid, height, width, opacity=opacity, value_name=value_name, name=value_name,
+        shown, grid, height, width, opacity=opacity, value_name=name, name=name,
         colorscale=colors["colorscale"], zmin=colors["zmin"], zmax=colors["zmax"],
-        colorbar={"title": {"text": value_name}, "thickness": 14},
+        colorbar={"title": {"text": name}, "thickness": 14},
     ))
     fig.update_layout(shapes=grid_shapes(grid.grid_size, height, width, color=grid_color))
     image_axes(fig, height, width, grid)

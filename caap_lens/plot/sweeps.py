@@ -5,7 +5,9 @@
   is anything you measure per window — a faithfulness score such as a deletion AUC, the localisation
   of its map — or, by default, the *peak patch effect*: the map's maximum minus the context's score.
 * `window_sweep_view` — that heatmap beside the maps of a few windows over the image, the chosen
-  windows marked on the heatmap; all maps share one colour scale so they compare.
+  windows marked on the heatmap; all maps share one colour scale so they compare. The maps are read
+  against "no effect" by default (``values="effect"``: each window's map minus its context score,
+  white = the patch changes nothing); ``values="raw"`` shows the patched scores as computed.
 
 Per-window scores are given as a tensor/array ``[n_windows]`` (or ``[n_windows, batch]``: the mean
 over images, or one image with ``image_index``), in the order of ``sweep.windows``, or as a callable
@@ -32,14 +34,18 @@ from caap_lens.plot.common import (
     GRID_LINE_COLOR,
     ImageLike,
     check_map,
+    check_values,
     color_range,
+    effect_values,
     grid_shapes,
     image_axes,
     image_to_rgb,
     image_trace,
     patch_heatmap,
     to_numpy,
+    value_label,
 )
+from caap_lens.plot.common import score_name as _settings_score  # window_sweep_view's score_name= is the colour bar
 
 Window = tuple[int, int]
 WindowScores = Union[Any, Callable[[Any, Window], Any], None]
@@ -238,10 +244,11 @@ def window_sweep_view(
     *,
     n_layers: int | None = None,
     image_index: int = 0,
+    values: str = "effect",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     score_name: str | None = None,
-    value_name: str = "value",
+    value_name: str | None = None,
     score_colorscale: Any = None,
     colorscale: Any = None,
     opacity: float = 0.55,
@@ -265,12 +272,15 @@ def window_sweep_view(
             third ``(n // 3, 2n // 3)`` and the whole network ``(0, n)``, those the sweep has.
         n_layers: Size of the table (``model.cfg.n_layers``); default: the largest stop.
         image_index: Which image of the sweep to show.
+        values: ``"effect"``: each map minus its window's context score (white = no effect); ``"raw"``:
+            the patched scores as computed.
         mean: Normalisation mean to undo when ``image`` is model input.
         std: Normalisation std to undo.
         score_name: Title of the score colour bar.
-        value_name: Title of the maps' colour bar and their hover label, e.g. ``"logit"``.
+        value_name: The maps' score name, e.g. ``"logit"`` (default: the sweep's score); their colour bar
+            and hover say ``"logit − context"`` or ``"logit (raw)"``.
         score_colorscale: Colour scale of the heatmap.
-        colorscale: Colour scale of the maps; default diverging about 0 when they have both signs.
+        colorscale: Colour scale of the maps; default diverging about 0 for effects and two-signed raw maps.
         opacity: Opacity of the maps over the image.
         grid_lines: Draw the patch grid over each map.
         grid_color: Colour of the grid lines.
@@ -292,19 +302,24 @@ def window_sweep_view(
     n_images = sweep.maps.shape[1]
     if not -n_images <= image_index < n_images:
         raise IndexError(f"image_index {image_index} out of range for {n_images} images")
-    values, default_name = window_scores(sweep, score_per_window, image_index)
+    check_values(values)
+    per_window, default_name = window_scores(sweep, score_per_window, image_index)
     name = score_name or default_name or "score"
-    table = window_table(values, windows, n_layers)
+    table = window_table(per_window, windows, n_layers)
     n = table.shape[0]
-    shown = _windows(windows_to_show) if windows_to_show is not None else _default_windows(windows, values, n)
+    shown = _windows(windows_to_show) if windows_to_show is not None else _default_windows(windows, per_window, n)
     for w in shown:
         if w not in windows:
             raise KeyError(f"window {w} is not in this sweep")
     if not shown:
         raise ValueError("no window to show")
     letters = [chr(ord("A") + i) if i < 26 else str(i) for i in range(len(shown))]
+    relative = bool(sweep.settings.get("relative"))
+    context = to_numpy(sweep.context_score).astype(np.float64).reshape(len(windows), -1)[:, image_index]
     maps = np.stack([check_map(to_numpy(sweep.maps[windows.index(w)][image_index]), grid, f"map of {w}")
                      for w in shown])
+    maps = effect_values(maps, np.array([context[windows.index(w)] for w in shown]), values, relative)
+    value_name = value_label(value_name or _settings_score(sweep.settings), values, relative)
     rgb = image_to_rgb(image, mean, std)
     height, width = rgb.shape[:2]
 
@@ -313,7 +328,7 @@ def window_sweep_view(
     fig = make_subplots(rows=1, cols=1 + k, subplot_titles=titles, horizontal_spacing=0.05,
                         column_widths=[1.35] + [1.0] * k)
     score_colors = color_range(table, score_colorscale)
-    map_colors = color_range(maps, colorscale)
+    map_colors = color_range(maps, colorscale, symmetric=True if values == "effect" or relative else None)
     fig.add_trace(_heatmap_trace(table, name, score_colors, coloraxis="coloraxis"), row=1, col=1)
     fig.add_trace(_highlight_trace(shown, letters), row=1, col=1)
     _style_window_axes(fig, n, row=1, col=1)
