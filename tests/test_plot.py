@@ -270,13 +270,13 @@ def test_overlay_of_a_result_shows_the_effect_by_default(rgb):
     assert shown.colorbar.title.text == "logit (raw)" and shown.zmax < 0  # one-signed raw: sequential
     # a map with its context score gives the same picture; a map alone is drawn as given
     by_hand = map_overlay(rgb, raw, GRID, context_score=-1.55, value_name="logit").data[1]
-    np.testing.assert_allclose(np.asarray(by_hand.z, dtype=float), np.asarray(heat.z, dtype=float), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(by_hand.z, dtype=float), np.asarray(heat.z, dtype=float), atol=1e-6)
     alone = map_overlay(rgb, raw, GRID, value_name="logit").data[1]
     assert alone.colorbar.title.text == "logit"
     np.testing.assert_allclose(np.asarray(alone.z, dtype=float), raw.double().numpy(), rtol=1e-6)
     relative = _result(raw + 1.55, context=-1.55, relative=True)  # caap(relative=True): already the effect
     np.testing.assert_allclose(np.asarray(map_overlay(rgb, relative, GRID).data[1].z, dtype=float),
-                               np.asarray(heat.z, dtype=float), rtol=1e-6)
+                               np.asarray(heat.z, dtype=float), atol=1e-6)
     with pytest.raises(ValueError, match="'effect'"):
         map_overlay(rgb, result, GRID, values="relative")
 
@@ -302,6 +302,6 @@ def test_depth_plots_of_a_profile_show_the_effect_by_default(profile, rgb):
     np.testing.assert_allclose(np.asarray(raw.z, dtype=float)[:, 7], profile[:, 1, 2].double().numpy(), rtol=1e-6)
     assert raw.colorbar.title.text == "prob (raw)"
     by_hand = depth_heatmap(profile, GRID, context_score=context, value_name="prob").data[0]
-    np.testing.assert_allclose(np.asarray(by_hand.z, dtype=float), np.asarray(heat.z, dtype=float), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(by_hand.z, dtype=float), np.asarray(heat.z, dtype=float), atol=1e-6)
     with pytest.raises(ValueError, match="one per layer"):
         depth_heatmap(profile, GRID, context_score=[0.0, 1.0])
