@@ -15,16 +15,29 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Pooling = Literal["token", "avg", "max", "avgmax", "token_dist"]
 POOLINGS = ("token", "avg", "max", "avgmax", "token_dist")
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
 OutputActivation = Literal["softmax", "sigmoid", "logits"]
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "logits")
+WeightsKind = Literal["random", "pretrained", "checkpoint", "bundled", "converted"]
+WEIGHTS_KINDS = ("random", "pretrained", "checkpoint", "bundled", "converted")
+#: The keys of ``data_config``: timm's eval-transform arguments (``timm.data.resolve_data_config``).
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+_DEFAULT_WEIGHTS = {
+    "random": "random init (no weights loaded)",
+    "pretrained": "pretrained weights",
+    "checkpoint": "checkpoint file",
+    "bundled": "bundled with caap_lens",
+    "converted": "converted from a timm module (origin unknown)",
+}
 
 
 def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
@@ -76,6 +89,16 @@ class HookedViTConfig:
         output_activation: How the outputs become class scores: ``"softmax"`` (one class per image),
             ``"sigmoid"`` (multi-label) or ``"logits"`` (shown raw). Read by the report and the CLI's
             top classes; the forward pass always returns logits.
+        data_config: The model's own eval preprocessing, as timm's ``resolve_data_config`` gives it
+            (``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean``, ``std``); None for
+            models without one (built here, bundled). Its ``input_size`` and ``mean``/``std`` must agree
+            with ``n_channels``/``image_size`` and ``image_mean``/``image_std`` (missing ones are
+            filled from them). Read by `caap_lens.preprocessing.preprocess`.
+        weights_kind: Where the weights came from: ``"random"`` (initialised, nothing loaded),
+            ``"pretrained"`` (a published release), ``"checkpoint"`` (a local file), ``"bundled"``
+            (shipped with caap_lens) or ``"converted"`` (a module handed in; its origin unknown here).
+        weights: The weights' origin in one human-readable line (default: derived from
+            ``weights_kind``).
     """
 
     n_layers: int
@@ -106,6 +129,9 @@ class HookedViTConfig:
     family: str = "vit"
     source: str = ""
     output_activation: OutputActivation = "softmax"
+    data_config: dict[str, Any] | None = None
+    weights_kind: WeightsKind = "random"
+    weights: str = ""
     # Fields read by TransformerLens's ActivationCache; fixed for this architecture.
     normalization_type: str = field(default="LN", init=False)
     attn_only: bool = field(default=False, init=False)
@@ -153,6 +179,31 @@ class HookedViTConfig:
             raise ValueError(
                 f"act_fn must be one of gelu, gelu_tanh, quick_gelu, relu; got {self.act_fn!r}"
             )
+        if self.weights_kind not in WEIGHTS_KINDS:
+            raise ValueError(f"weights_kind must be one of {', '.join(WEIGHTS_KINDS)}; got {self.weights_kind!r}")
+        if not self.weights:
+            self.weights = _DEFAULT_WEIGHTS[self.weights_kind]
+        if self.data_config is not None:
+            self.data_config = self._checked_data_config(self.data_config)
+
+    def _checked_data_config(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` with tuples for its sequences, filled and checked against the architecture."""
+        unknown = set(data) - set(DATA_CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"unknown data_config keys {sorted(unknown)}; known: {', '.join(DATA_CONFIG_KEYS)}")
+        out = {"input_size": (self.n_channels, *self.image_size), "mean": self.image_mean, "std": self.image_std,
+               "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center"}
+        out.update({k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in data.items()})
+        out["input_size"] = tuple(int(v) for v in out["input_size"])
+        out["mean"], out["std"] = (tuple(float(v) for v in out[k]) for k in ("mean", "std"))
+        out["crop_pct"] = float(out["crop_pct"])
+        if out["input_size"] != (self.n_channels, *self.image_size):
+            raise ValueError(f"data_config input_size {out['input_size']} does not match the model's "
+                             f"{(self.n_channels, *self.image_size)} (n_channels, *image_size)")
+        if out["mean"] != self.image_mean or out["std"] != self.image_std:
+            raise ValueError(f"data_config mean/std {out['mean']}/{out['std']} differ from image_mean/image_std "
+                             f"{self.image_mean}/{self.image_std}")
+        return {k: out[k] for k in DATA_CONFIG_KEYS}
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -200,8 +251,21 @@ class HookedViTConfig:
         return self.n_tokens if self.pos_embed_on_prefix else self.n_patches
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict that `from_dict` turns back into an equal config."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        """A JSON-serialisable dict that `from_dict` turns back into an equal config.
+
+        Example:
+            >>> import json
+            >>> cfg = HookedViTConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=16, image_size=8, patch_size=4,
+            ...                       data_config={"crop_pct": 0.9}, weights_kind="checkpoint", weights="checkpoint: a.pth")
+            >>> cfg.data_config["input_size"], cfg.data_config["crop_pct"]
+            ((3, 8, 8), 0.9)
+            >>> HookedViTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+            True
+        """
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        if out["data_config"] is not None:
+            out["data_config"] = dict(out["data_config"])
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "HookedViTConfig":

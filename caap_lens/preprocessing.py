@@ -1,12 +1,21 @@
-"""Turning user images into model input with the model's own size, mean and std.
+"""Turning user images into model input with the model's own eval preprocessing.
 
 Accepts PIL images, numpy arrays (``HW``, ``HWC`` or ``NHWC``; uint8 in 0..255 or floats in 0..1) and
 torch tensors (``CHW`` or ``NCHW``; uint8 or floats in 0..1), alone or in a list. Float pixels far outside
 0..1 (beyond [-0.5, 1.5]: 0..255 floats, or an already normalised tensor) and NaN/inf values raise
-ValueError rather than being used silently. Grayscale is repeated
-to RGB and an alpha channel dropped; images of another size are resized (bilinear, antialiased) to the
-model's ``image_size``. The result is a float32 ``[batch, channel, height, width]`` tensor normalised
-with the model's ``image_mean``/``image_std``.
+ValueError rather than being used silently. Grayscale is repeated to RGB and an alpha channel dropped
+(for PIL images, ``image.convert("RGB")``). The result is a float32 ``[batch, channel, height, width]``
+tensor normalised with the model's mean and std.
+
+Two pipelines, chosen by whether the model has a timm data config (``cfg.data_config``):
+
+* **timm's own eval transform** (models converted from timm): ``timm.data.create_transform`` with the
+  model's ``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean`` and ``std`` -- for
+  ``vit_small_patch16_224`` a bicubic resize of the short side to 248 and a centre crop of 224, applied
+  to every image, even one already 224 px. PIL images (and uint8 arrays/tensors, made PIL images first)
+  give exactly timm's values; float pixels go through the same transforms on tensors.
+* **without one** (configs built directly, the bundled models): images of another size are resized
+  (bilinear, antialiased, aspect ratio not kept) to ``image_size``; others are only normalised.
 
 Example:
     >>> import numpy as np
@@ -14,12 +23,18 @@ Example:
     ...                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     >>> x.shape, float(x[0, 0, 0, 0])
     (torch.Size([1, 3, 64, 64]), -1.0)
+    >>> timm_like = {"input_size": (3, 64, 64), "interpolation": "bicubic", "crop_pct": 0.9,
+    ...              "crop_mode": "center", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    >>> preprocess(np.zeros((80, 100, 3), dtype=np.uint8), (64, 64), (0.5,) * 3, (0.5,) * 3,
+    ...            data_config=timm_like).shape
+    torch.Size([1, 3, 64, 64])
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -149,12 +164,85 @@ def _fix_channels(x: Tensor, n_channels: int) -> Tensor:
     raise ValueError(f"cannot convert {c}-channel images to the model's {n_channels} channels")
 
 
+def _is_pil(image: Any) -> bool:
+    return type(image).__module__.startswith("PIL")
+
+
+@functools.lru_cache(maxsize=16)
+def _timm_transform(key: tuple[tuple[str, Any], ...]) -> Callable[[Any], Tensor]:
+    from caap_lens._timm import import_timm
+
+    import_timm()  # the torchvision work-around before timm.data imports torchvision
+    from timm.data import create_transform
+
+    return create_transform(**dict(key), is_training=False)
+
+
+def timm_transform(data_config: Mapping[str, Any]) -> Callable[[Any], Tensor]:
+    """timm's eval transform for a data config: ``timm.data.create_transform(**data_config)`` (cached).
+
+    Example:
+        >>> t = timm_transform({"input_size": (3, 224, 224), "interpolation": "bicubic", "crop_pct": 0.9,
+        ...                     "crop_mode": "center", "mean": (0.5,) * 3, "std": (0.5,) * 3})
+        >>> [type(step).__name__ for step in t.transforms]
+        ['Resize', 'CenterCrop', 'MaybeToTensor', 'Normalize']
+    """
+    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in data_config.items()))
+    return _timm_transform(key)
+
+
+def _uint8_nhwc(item: np.ndarray | Tensor) -> np.ndarray:
+    """A uint8 array (``HW``, ``HWC``, ``NHWC``) or tensor (``HW``, ``CHW``, ``NCHW``) as ``NHWC``."""
+    if isinstance(item, Tensor):
+        array = item.detach().cpu().numpy()
+        if array.ndim not in (2, 3, 4):
+            raise ValueError(f"tensor images must be CHW or NCHW, got shape {tuple(item.shape)}")
+        array = array[None] if array.ndim == 2 else np.moveaxis(array, -3, -1)  # HW -> 1HW; CHW -> HWC
+    else:
+        array = item
+        if array.ndim not in (2, 3, 4):
+            raise ValueError(f"numpy images must be HW, HWC or NHWC, got shape {array.shape}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return array[None] if array.ndim == 3 else array
+
+
+def _pil_images(item: Any, n_channels: int) -> list[Any] | None:
+    """The PIL images timm's transform is given for ``item``, or None for float pixels (tensor path)."""
+    from PIL import Image
+
+    if n_channels not in (1, 3):
+        raise ValueError(f"timm's transform makes 1- or 3-channel input, the model takes {n_channels} channels")
+    if _is_pil(item):
+        images = [item]
+    elif isinstance(item, (np.ndarray, Tensor)) and item.dtype in (np.uint8, torch.uint8):
+        images = []
+        for one in _uint8_nhwc(item):
+            if one.shape[-1] not in (1, 3, 4):
+                raise ValueError(f"cannot convert {one.shape[-1]}-channel images to the model's {n_channels} channels")
+            images.append(Image.fromarray(np.ascontiguousarray(one[..., 0] if one.shape[-1] == 1 else one)))
+    else:
+        return None
+    mode = "L" if n_channels == 1 else "RGB"
+    return [image if image.mode == mode else image.convert(mode) for image in images]
+
+
+def _timm_preprocess(item: Any, n_channels: int, data_config: Mapping[str, Any]) -> Tensor:
+    transform = timm_transform(data_config)
+    images = _pil_images(item, n_channels)
+    if images is not None:
+        return torch.stack([transform(image) for image in images])
+    x = _fix_channels(_to_nchw(item), n_channels)  # float pixels in 0..1: the same transforms on tensors
+    return torch.stack([transform(image) for image in x])
+
+
 def preprocess(
     images: Any | Sequence[Any],
     image_size: tuple[int, int],
     mean: Sequence[float],
     std: Sequence[float],
     resize: bool = True,
+    data_config: Mapping[str, Any] | None = None,
 ) -> Float[Tensor, "batch channel height width"]:
     """Converts images to a normalised model-input batch.
 
@@ -163,7 +251,11 @@ def preprocess(
         image_size: Target ``(height, width)``.
         mean: Per-channel mean subtracted after scaling to 0..1.
         std: Per-channel standard deviation divided by.
-        resize: Resize images of another size; if False, such images raise ValueError.
+        resize: Resize (and with ``data_config``, crop) images; if False, images of another size raise
+            ValueError and the others are only normalised.
+        data_config: timm's eval-transform arguments (``cfg.data_config``); its ``input_size``, ``mean``
+            and ``std`` are replaced by ``image_size``, ``mean`` and ``std``. None: resize to
+            ``image_size`` (bilinear) when the size differs.
 
     Returns:
         Float32 tensor ``[batch, channel, height, width]``.
@@ -172,9 +264,16 @@ def preprocess(
     if not items:
         raise ValueError("no images given")
     n_channels = len(mean)
+    timm_config = None
+    if data_config is not None and resize:
+        timm_config = {**data_config, "input_size": (n_channels, *image_size),
+                       "mean": tuple(mean), "std": tuple(std)}
     batches = []
     for index, item in enumerate(items):
         try:
+            if timm_config is not None:
+                batches.append(_timm_preprocess(item, n_channels, timm_config))
+                continue
             x = _fix_channels(_to_nchw(item), n_channels)
         except (TypeError, ValueError) as err:
             if len(items) == 1:
@@ -187,6 +286,8 @@ def preprocess(
                 )
             x = F.interpolate(x, size=tuple(image_size), mode="bilinear", antialias=True, align_corners=False)
         batches.append(x)
+    if timm_config is not None:
+        return torch.cat(batches, dim=0)
     x = torch.cat(batches, dim=0)
     mean_t = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)

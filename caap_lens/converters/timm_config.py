@@ -187,6 +187,7 @@ def timm_config(model: nn.Module, family: str = "vit", source: str = "") -> Hook
     if len(std) != n_channels:
         std = (sum(std) / len(std),) * n_channels
     pooling = "token_dist" if distilled else pool
+    data_config = _data_config(model, pcfg, (n_channels, *img_size), mean, std)
     return HookedViTConfig(
         n_layers=len(model.blocks),
         d_model=model.embed_dim,
@@ -215,4 +216,30 @@ def timm_config(model: nn.Module, family: str = "vit", source: str = "") -> Hook
         image_std=std,
         family=family,
         source=source,
+        data_config=data_config,
+        weights_kind="converted",
     )
+
+
+def _data_config(
+    model: nn.Module, pcfg: dict, input_size: tuple[int, ...], mean: tuple[float, ...], std: tuple[float, ...]
+) -> dict | None:
+    """timm's eval data config of the module, for the size and channels it was built with; None without one.
+
+    A module has one when its ``pretrained_cfg`` says how it is evaluated (``crop_pct`` or
+    ``interpolation``: every registered timm model; not a ``VisionTransformer`` built directly). The
+    values are timm's ``resolve_data_config(model=...)``, except ``input_size`` (the module's own, e.g.
+    224 for a DINOv2 created with ``img_size=224`` whose pretrained config says 518) and ``mean``/``std``
+    (the config's, averaged over channels when ``in_chans`` differs from the pretrained config's).
+    """
+    if "crop_pct" not in pcfg and "interpolation" not in pcfg:
+        return None
+    from caap_lens._timm import import_timm
+
+    import_timm()
+    from timm.data import resolve_data_config
+
+    resolved = resolve_data_config(model=model)
+    return {"input_size": input_size, "interpolation": resolved["interpolation"],
+            "crop_pct": float(resolved["crop_pct"]), "crop_mode": resolved.get("crop_mode", "center"),
+            "mean": mean, "std": std}

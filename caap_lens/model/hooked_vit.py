@@ -238,10 +238,16 @@ class HookedViT(HookedRootModule):
     def preprocess(self, images: Any, resize: bool = True) -> Float[Tensor, "batch channel height width"]:
         """Turns PIL images, arrays or 0..1/uint8 tensors into normalised input on the model's device.
 
+        A model converted from timm applies timm's own eval transform (``cfg.data_config``: e.g. a
+        bicubic resize to 248 and a 224 centre crop); a model without one (built from a config, bundled)
+        resizes to ``cfg.image_size``. See `caap_lens.preprocessing`.
+
         Example:
             >>> x = model.preprocess(PIL.Image.open("cat.png"))  # doctest: +SKIP
         """
-        x = preprocess(images, self.cfg.image_size, self.cfg.image_mean, self.cfg.image_std, resize)  # type: ignore[arg-type]
+        cfg = self.cfg
+        x = preprocess(images, cfg.image_size, cfg.image_mean, cfg.image_std, resize,  # type: ignore[arg-type]
+                       data_config=getattr(cfg, "data_config", None))
         return x.to(device=self.device, dtype=self.dtype)
 
     def check_images(self, images: Any) -> Tensor:
