@@ -85,18 +85,47 @@ def test_map_json(run):
     assert record["command"].startswith("caap-lens explain")
 
 
-def test_html_is_self_contained(run):
+def test_html_reads_the_folders_plotly_js_offline(run):
     from plotly.offline import get_plotlyjs
 
     page = run["path"].read_text(encoding="utf-8")
     plotly_js = get_plotlyjs()
-    assert page.count(plotly_js) == 1  # embedded inline, exactly once
-    rest = page.replace(plotly_js, "")
-    assert not re.search(r"<script[^>]*\bsrc\s*=", page, flags=re.I)  # no external script at all
-    assert "cdn.plot.ly" not in rest and "https://" not in rest and "http://" not in rest
-    assert rest.count("Plotly.newPlot(") == 6  # image, map, classes, lines, slider, heatmap
+    assert (run["out"] / "plotly.min.js").read_text(encoding="utf-8") == plotly_js  # one copy, next to the reports
+    assert plotly_js not in page and len(page) < 1_000_000
+    sources = re.findall(r"<script[^>]*\bsrc\s*=\s*[\"']([^\"']+)", page, flags=re.I)
+    assert sources == ["../plotly.min.js"]  # relative, local: no CDN
+    assert "cdn.plot.ly" not in page and "https://" not in page and "http://" not in page
+    assert page.count("Plotly.newPlot(") == 6  # image, map, classes, lines, slider, heatmap
     for text in ("resid_pre", "mean", "logit", "[1, 3)", "my scene.png", "Top 5 patches", "Settings"):
-        assert text in rest, text
+        assert text in page, text
+
+
+def test_inline_report_is_one_self_contained_file(run, tmp_path):
+    from plotly.offline import get_plotlyjs
+
+    from caap_lens.report import write_report
+
+    path = write_report(tmp_path, model=run["model"], image_tensor=run["x"], result=run["result"],
+                        image_name="one.png", plotly_js="inline")
+    page = path.read_text(encoding="utf-8")
+    assert page.count(get_plotlyjs()) == 1 and not (tmp_path / "plotly.min.js").exists()
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, flags=re.I)
+    with pytest.raises(ValueError, match="plotly_js"):
+        write_report(tmp_path, model=run["model"], image_tensor=run["x"], result=run["result"], image_name="o.png",
+                     plotly_js="cdn")
+
+
+def test_plotly_js_is_written_once_per_folder(run, tmp_path):
+    from caap_lens.report import write_report
+
+    kwargs = dict(model=run["model"], image_tensor=run["x"], result=run["result"])
+    write_report(tmp_path, image_name="a.png", **kwargs)
+    js = tmp_path / "plotly.min.js"
+    os.utime(js, ns=(1_000_000_000, 1_000_000_000))  # an old time stamp: a rewrite would change it
+    second = write_report(tmp_path, image_name="b.png", **kwargs)
+    assert js.stat().st_mtime_ns == 1_000_000_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "plotly.min.js"]
+    assert "../plotly.min.js" in second.read_text(encoding="utf-8")
 
 
 def test_report_without_profile_and_with_sigmoid(run, tmp_path):
@@ -190,7 +219,7 @@ def test_the_three_steps_by_hand_give_write_reports_files(run, tmp_path, with_pr
     record = build_record(model, x, result, profile, image_name="s.png", k=3, command="cmd")
     figures = build_figures(record)
     assert list(figures) == ["image", "map", "classes"] + (["lines", "slider", "heat"] if with_profile else [])
-    page = render_html(record, figures)
+    page = render_html(record, figures, plotly_js="../plotly.min.js")
     folder = path.parent
     assert _normalised(page) == _normalised(path.read_text(encoding="utf-8"))
     assert page.count("Plotly.newPlot(") == len(figures) and "Top 3 patches" in page
@@ -223,3 +252,82 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500
     saturated = (pixels.max(-1) - pixels.min(-1)) > 80
     assert saturated.mean() > 0.01, f"only {saturated.mean():.2%} colourful pixels: plots not drawn?"
+
+
+def test_report_shows_the_effect_by_default_and_raw_when_asked(run, tmp_path):
+    from caap_lens.report import build_figures, build_record, render_html
+
+    model, x, result = run["model"], run["x"], run["result"]
+    context = float(result.context_score[0])
+    record = build_record(model, x, result, run["profile"], image_name="e.png")
+    assert record.values == "effect" and record.value_name == "logit − context"
+    effect = result.map[0].numpy() - context
+    np.testing.assert_allclose(record.shown, effect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(record.shown, result.effect[0].numpy(), rtol=1e-5, atol=1e-6)
+    figures = build_figures(record)
+    heat = figures["map"].data[1]
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), effect, rtol=1e-5, atol=1e-6)
+    assert heat.colorbar.title.text == "logit − context" and heat.zmin == -heat.zmax  # white = no effect
+    layer_effect = run["profile"].maps[:, 0].numpy() - run["profile"].context_score[:, 0].numpy()[:, None, None]
+    np.testing.assert_allclose(np.asarray(figures["slider"].data[1].z, dtype=float), layer_effect[0], rtol=1e-5,
+                               atol=1e-6)
+    page = render_html(record, figures)
+    assert "0 (white) is no effect" in page and "logit − context" in page and "Value (raw)" not in page
+    best = record.top_patches[0]
+    assert best["effect"] == pytest.approx(best["value"] - context)
+    assert f"<td>{best['effect']:.4g}</td>" in page  # the table lists effects
+    data = record.to_json()
+    assert data["values"] == "effect"
+    np.testing.assert_allclose(np.array(data["effect"]), effect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(data["map"]), result.map[0].numpy(), rtol=1e-6)  # the map as computed
+
+    raw = build_record(model, x, result, run["profile"], image_name="e.png", values="raw")
+    assert raw.value_name == "logit (raw)"
+    figures = build_figures(raw)
+    heat = figures["map"].data[1]
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), result.map[0].numpy(), rtol=1e-6)
+    assert heat.colorbar.title.text == "logit (raw)"
+    page = render_html(raw, figures)
+    assert "Value (raw)" in page and f"The context alone scores {context:.4g}" in page
+    assert f"<td>{best['value']:.4g}</td>" in page
+    with pytest.raises(ValueError, match="'effect'"):
+        build_record(model, x, result, image_name="e.png", values="relative")
+
+
+def test_weights_origin_in_header_and_json_and_random_weights_note(run, monkeypatch, tmp_path):
+    from caap_lens.report import RANDOM_WEIGHTS_NOTE, build_record, write_report
+
+    model = run["model"]
+    line = "random init (timm default; no pretrained weights loaded)"
+    monkeypatch.setattr(model.cfg, "weights", line, raising=False)
+    monkeypatch.setattr(model.cfg, "weights_kind", "random", raising=False)
+    path = write_report(tmp_path, model=model, image_tensor=run["x"], result=run["result"], image_name="w.png",
+                        notes=["an extra note"])
+    page = path.read_text(encoding="utf-8")
+    assert f"<tr><th>Weights</th><td>{line}</td></tr>" in page
+    assert "class='note'" in page and "the predictions and the map mean nothing" in page and "an extra note" in page
+    data = json.loads((path.parent / "map.json").read_text())
+    assert data["model"]["weights"] == line and data["model"]["weights_kind"] == "random"
+    assert data["notes"] == [RANDOM_WEIGHTS_NOTE, "an extra note"]
+    monkeypatch.setattr(model.cfg, "weights", "checkpoint /tmp/my.safetensors", raising=False)
+    monkeypatch.setattr(model.cfg, "weights_kind", "checkpoint", raising=False)
+    record = build_record(model, run["x"], run["result"], image_name="w.png")
+    assert record.notes == [] and record.weights == "checkpoint /tmp/my.safetensors"
+
+
+def test_index_links_every_report_and_keeps_earlier_rows(run, tmp_path):
+    from caap_lens.report import build_record, index_entry, save_report, write_index
+
+    model, x, result = run["model"], run["x"], run["result"]
+    entries = []
+    for name in ("a.png", "b.png"):
+        record = build_record(model, x, result, image_name=name)
+        entries.append(index_entry(record, save_report(record, tmp_path), tmp_path))
+    index = write_index(tmp_path, entries[:1], failed=[{"image": "broken.png", "error": "cannot read broken.png"}])
+    write_index(tmp_path, entries[1:])  # a second run into the same folder keeps a's row
+    page = index.read_text(encoding="utf-8")
+    assert "href='a/report.html'" in page and "href='b/report.html'" in page
+    assert entries[0]["prediction"].split(",")[0] in page and "Model: " in page
+    assert all((tmp_path / e["report"]).is_file() for e in entries)
+    first = write_index(tmp_path, entries[:1], failed=[{"image": "broken.png", "error": "cannot read"}])
+    assert "broken.png" in first.read_text(encoding="utf-8")
