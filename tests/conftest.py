@@ -11,12 +11,13 @@ with ``-s``) and listed again in the pytest terminal summary.
 
 from __future__ import annotations
 
+import copy
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub: never download
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from typing import Any, Callable  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -88,10 +89,55 @@ def get_pair(variant: str) -> tuple[torch.nn.Module, Any]:
     return timm_model, model
 
 
+_TINY: dict[tuple[Any, ...], Any] = {}
+
+
+def tiny_vit(
+    name: str = "vit_tiny_patch16_224",
+    *,
+    seed: int,
+    depth: int,
+    img_size: int | tuple[int, int],
+    num_classes: int = 10,
+    f64: bool = False,
+    class_names: Sequence[str] | None = None,
+    **timm_kwargs: Any,
+) -> Any:
+    """A HookedViT converted from a perturbed random-init timm model (`make_timm`), one per argument set.
+
+    The test modules share these models, so every call hands the model back clean: hooks (permanent
+    ones too) removed, per-head attention results off. ``f64=True`` gives a float64 copy of the same
+    weights. Tests that change weights must work on a ``copy.deepcopy``.
+    """
+    key = (name, seed, depth, img_size, num_classes, f64, tuple(class_names or ()), tuple(sorted(timm_kwargs.items())))
+    if key not in _TINY:
+        if f64:
+            fp32 = tiny_vit(name, seed=seed, depth=depth, img_size=img_size, num_classes=num_classes,
+                            class_names=class_names, **timm_kwargs)
+            _TINY[key] = copy.deepcopy(fp32).double()
+        else:
+            from caap_lens import HookedViT
+
+            timm_model = make_timm(name, seed=seed, depth=depth, img_size=img_size, num_classes=num_classes,
+                                   **timm_kwargs)
+            named = {} if class_names is None else {"class_names": class_names}
+            _TINY[key] = HookedViT.from_timm(timm_model, **named)
+    model = _TINY[key]
+    model.reset_hooks(including_permanent=True)
+    model.set_use_attn_result(False)
+    return model
+
+
 def images_for(model: Any, batch: int = 2, seed: int = 1234) -> torch.Tensor:
-    """A fixed normalised-looking input batch of the model's size."""
+    """A fixed normalised-looking input batch of the model's size and dtype."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, model.cfg.n_channels, *model.cfg.image_size, generator=gen)
+    dtype = next(model.parameters()).dtype
+    return torch.randn(batch, model.cfg.n_channels, *model.cfg.image_size, generator=gen, dtype=dtype)
+
+
+def no_hooks_left(model: Any) -> bool:
+    """No TransformerLens hook on any hook point (forward or backward, permanent too), no ``hooks()`` open."""
+    return not model.list_hooks() and model.context_level == 0
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ attending over all of the source's tokens — not t's content as read by h; the 
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,14 @@ import torch
 
 from caap_lens.attribution.engine import caap
 from caap_lens.baselines import attribute
-from conftest import make_timm
+from conftest import tiny_vit
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@functools.lru_cache(maxsize=None)
-def _build():
-    from caap_lens import HookedViT
-
-    return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=61, depth=2, img_size=32, num_classes=10))
-
-
 @pytest.fixture
 def vit():
-    model = _build()
-    model.reset_hooks(including_permanent=True)
-    return model
+    return tiny_vit(seed=61, depth=2, img_size=32)
 
 
 @pytest.mark.parametrize("method", ["caap", "attribution_patching"])

@@ -20,7 +20,7 @@ import torch
 
 from caap_lens.baselines import attribute
 from caap_lens.baselines.lrp import identity_rule, lrp_hooks, scale_gradient
-from conftest import make_timm
+from conftest import make_timm, no_hooks_left
 
 
 def lxt_rules():
@@ -140,7 +140,7 @@ def test_attnlrp_changes_no_forward_value_and_leaves_nothing_behind():
     assert torch.allclose(plain, hooked, atol=1e-5)
     result = attribute("attnlrp", model, x, [0, 1])
     assert all(p.grad is None for p in model.parameters())
-    assert all(not hp._forward_hooks for hp in model.hook_dict.values())
+    assert no_hooks_left(model)
     assert result.pixels.shape == (2, 32, 32) and torch.isfinite(result.map).all()
     with pytest.raises(ValueError, match="softmax"):
         attribute("attnlrp", model, x, [0, 1], softmax="none")

@@ -11,39 +11,25 @@ Grad-CAM, each against an independent computation from TransformerLens hooks.
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 
 import pytest
 import torch
 
 from caap_lens.baselines import attribute, gradcam, transformer_attribution
-from conftest import make_timm
+from conftest import images_for, tiny_vit
 
 
-@functools.lru_cache(maxsize=None)
-def _build(kind: str):
-    from caap_lens import HookedViT
-
-    if kind == "avg":  # CLS token present, output = mean of the patch tokens (as the bundled model)
-        return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=21, depth=2, img_size=32, num_classes=10,
-                                             global_pool="avg"))
-    if kind == "token":
-        return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=22, depth=2, img_size=32, num_classes=10))
-    if kind == "dist":
-        return HookedViT.from_timm(make_timm("deit_tiny_distilled_patch16_224", seed=23, depth=2, img_size=32,
-                                             num_classes=10))
-    raise KeyError(kind)
+MODELS = {  # kind -> conftest.tiny_vit arguments
+    # CLS token present, output = mean of the patch tokens (as the bundled model)
+    "avg": dict(seed=21, depth=2, img_size=32, global_pool="avg"),
+    "token": dict(seed=22, depth=2, img_size=32),
+    "dist": dict(name="deit_tiny_distilled_patch16_224", seed=23, depth=2, img_size=32),
+}
 
 
 def get_model(kind: str):
-    model = _build(kind)
-    model.reset_hooks(including_permanent=True)
-    return model
-
-
-def images_for(model, n: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 3, *model.cfg.image_size, generator=torch.Generator().manual_seed(seed))
+    return tiny_vit(**MODELS[kind])
 
 
 def pattern_and_grad(model, x, targets, layer):

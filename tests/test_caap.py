@@ -9,8 +9,6 @@ DINOv2 with 4 registers (5 prefix tokens, layer scale) and a distilled DeiT (2 p
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
@@ -20,52 +18,29 @@ from caap_lens.attribution.reference import caap_naive
 from caap_lens.attribution.scores import logit_diff
 from caap_lens.attribution.units import Units, head_units, patch_units
 from caap_lens.patching import patch_hooks
-from conftest import make_timm
+from caap_lens.stats import spearman
+from conftest import images_for, no_hooks_left, tiny_vit
 
 CLASS_NAMES = tuple(f"class_{i}" for i in range(10))
 FP32_TOL = 1e-4  # fast path vs naive loop: same maths, different batching -> float32 rounding only
 MAX_DIFFS: dict[str, float] = {}
 
 
-@functools.lru_cache(maxsize=None)
-def _build(kind: str):
-    from caap_lens import HookedViT
-
-    if kind == "vit":
-        timm_model = make_timm("vit_tiny_patch16_224", seed=3, depth=4, img_size=64, num_classes=10)
-        return HookedViT.from_timm(timm_model, class_names=CLASS_NAMES)
-    if kind == "deit3":
-        return HookedViT.from_timm(make_timm("deit3_small_patch16_224", seed=4, depth=3, img_size=64, num_classes=10))
-    if kind == "dinov2_reg":
-        return HookedViT.from_timm(
-            make_timm("vit_small_patch14_reg4_dinov2", seed=5, depth=3, img_size=56, num_classes=10)
-        )
-    if kind == "deit_distilled":
-        return HookedViT.from_timm(
-            make_timm("deit_tiny_distilled_patch16_224", seed=6, depth=3, img_size=64, num_classes=10)
-        )
-    raise KeyError(kind)
+MODELS = {  # kind -> conftest.tiny_vit arguments
+    "vit": dict(seed=3, depth=4, img_size=64, class_names=CLASS_NAMES),
+    "deit3": dict(name="deit3_small_patch16_224", seed=4, depth=3, img_size=64),
+    "dinov2_reg": dict(name="vit_small_patch14_reg4_dinov2", seed=5, depth=3, img_size=56),
+    "deit_distilled": dict(name="deit_tiny_distilled_patch16_224", seed=6, depth=3, img_size=64),
+}
 
 
 def get_model(kind: str):
-    model = _build(kind)
-    model.reset_hooks(including_permanent=True)
-    return model
+    return tiny_vit(**MODELS[kind])
 
 
 @pytest.fixture
 def vit():
-    model = get_model("vit")
-    yield model
-    model.reset_hooks(including_permanent=True)
-
-
-def images_for(model, n: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, model.cfg.n_channels, *model.cfg.image_size, generator=torch.Generator().manual_seed(seed))
-
-
-def no_hooks_left(model) -> bool:
-    return all(not hp._forward_hooks for hp in model.hook_dict.values()) and model.context_level == 0
+    return get_model("vit")
 
 
 def record(what: str, value: float) -> None:
@@ -366,30 +341,6 @@ def test_per_image_regions(vit):
 
 
 # ------------------------------------------------------------------------------------ bf16
-def _ranks(v: torch.Tensor) -> torch.Tensor:
-    r = torch.empty_like(v, dtype=torch.float64)
-    r[v.argsort()] = torch.arange(v.numel(), dtype=torch.float64)
-    return r
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = _ranks(a.flatten()), _ranks(b.flatten())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
-
-
-def test_spearman_helper():
-    a = torch.tensor([0.1, 0.5, 0.3, 0.9])
-    assert spearman(a, a * 10 + 3) == pytest.approx(1.0)
-    assert spearman(a, -a) == pytest.approx(-1.0)
-    assert spearman(a, torch.tensor([0.2, 0.1, 0.4, 0.3])) == pytest.approx(0.0)  # d = (-1, 2, -2, 1)
-    # Against the textbook formula 1 - 6 sum(d^2) / (n (n^2 - 1)) for distinct values.
-    gen = torch.Generator().manual_seed(0)
-    u, v = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
-    d = (u.argsort().argsort() - v.argsort().argsort()).double()
-    assert spearman(u, v) == pytest.approx(1 - 6 * float((d**2).sum()) / (50 * (50**2 - 1)), abs=1e-12)
-
-
 def test_bf16_map_ranks_like_fp32(vit):
     # The perturbed model's patch maps spread over ~0.1-0.4 logits (std), far above bf16's rounding
     # (max |bf16 - fp32| about 5e-3 to 1e-2 here), so the ranking of patches should survive bf16. Over
@@ -402,8 +353,8 @@ def test_bf16_map_ranks_like_fp32(vit):
     assert bf16.settings["dtype"] == "torch.bfloat16"
     assert not torch.equal(fp32.map, bf16.map), "bf16 gave bit-identical maps: autocast did not run"
     assert bf16.map.dtype == torch.float32
-    per_image = [spearman(fp32.map[i], bf16.map[i]) for i in range(4)]
-    pooled = spearman(fp32.map, bf16.map)
+    per_image = spearman(fp32.map, bf16.map).tolist()  # caap_lens.stats, checked against SciPy in test_metrics
+    pooled = float(spearman(fp32.map.reshape(1, -1), bf16.map.reshape(1, -1))[0])
     print(f"[bf16 spearman] per image {[round(s, 4) for s in per_image]} pooled {pooled:.4f} "
           f"max|diff| {(fp32.map - bf16.map).abs().max():.3e} fp32 map std {fp32.map.std():.3f}")
     assert min(per_image) > 0.9
@@ -563,7 +514,7 @@ def test_images_of_the_wrong_size(vit, images, match):
 def test_class_names_without_class_names_on_the_model():
     model = get_model("deit3")
     with pytest.raises(ValueError, match=r"class name but the model has no class_names"):
-        caap(model, images_for(model, 1), "cat")
+        caap(model, images_for(model, 1, seed=0), "cat")
 
 
 def test_settings_reject_bad_windows_and_duplicate_score_names(vit):

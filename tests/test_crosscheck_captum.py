@@ -12,39 +12,24 @@ Captum (0.9) runs on `HookedViT` as on any ``nn.Module`` returning logits. Two f
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
 from caap_lens.baselines import attribute
-from conftest import make_timm
+from conftest import images_for, tiny_vit
 
 captum_attr = pytest.importorskip("captum.attr", reason="Captum absent: independent cross-check skipped")
 
 TARGETS = torch.tensor([1, 7])
 
 
-@functools.lru_cache(maxsize=None)
-def _model():
-    from caap_lens import HookedViT
-
-    return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=3, depth=2, img_size=32, num_classes=10)).double()
-
-
 @pytest.fixture
 def model():
-    m = _model()
-    m.reset_hooks(including_permanent=True)
-    return m
-
-
-def images(n: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return tiny_vit(seed=3, depth=2, img_size=32, f64=True)
 
 
 def test_integrated_gradients_equals_captum_with_the_same_points(model):
-    x = images()
+    x = images_for(model, seed=0)
     ours = attribute("integrated_gradients", model, x, TARGETS, n_steps=8)
     ig = captum_attr.IntegratedGradients(model)
     theirs, delta = ig.attribute(x, baselines=torch.zeros_like(x), target=TARGETS, n_steps=9,
@@ -61,7 +46,7 @@ def test_integrated_gradients_equals_captum_with_the_same_points(model):
 def test_integrated_gradients_default_converges_to_captums_integral(model):
     """Regression (issue 11, defect 5): 32 fixed steps missed completeness by several per cent; the
     default now chooses the steps per image so that the completeness error is at most 1 %."""
-    x = images(seed=1)
+    x = images_for(model, seed=1)
     ours = attribute("integrated_gradients", model, x, TARGETS)
     assert (ours.info["completeness_error"] <= 0.01).all()
     ig = captum_attr.IntegratedGradients(model)
@@ -84,7 +69,7 @@ def test_integrated_gradients_default_converges_to_captums_integral(model):
 def test_occlusion_equals_captum_feature_ablation_and_occlusion(model, context):
     from caap_lens.baselines.base import context_image
 
-    x = images(seed=2)
+    x = images_for(model, seed=2)
     ours = attribute("occlusion", model, x, TARGETS, context=context).map  # [2, 2, 2]
     baseline = context_image(model, x, context)
     grid = model.grid

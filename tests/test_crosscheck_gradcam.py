@@ -11,14 +11,13 @@ map, which stays unscaled on the patch grid.
 from __future__ import annotations
 
 import copy
-import functools
 
 import numpy as np
 import pytest
 import torch
 
 from caap_lens.baselines import attribute
-from conftest import make_timm
+from conftest import tiny_vit
 
 
 def _import_grad_cam():
@@ -28,14 +27,10 @@ def _import_grad_cam():
     return pytest.importorskip("pytorch_grad_cam", reason="grad-cam absent: independent cross-check skipped")
 
 
-@functools.lru_cache(maxsize=None)
-def _model(kind: str):
-    from caap_lens import HookedViT
-
-    if kind == "vit":
-        return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=31, depth=2, img_size=64, num_classes=10))
-    return HookedViT.from_timm(make_timm("deit_tiny_distilled_patch16_224", seed=32, depth=2, img_size=(32, 48),
-                                         num_classes=10))
+MODELS = {  # kind -> conftest.tiny_vit arguments
+    "vit": dict(seed=31, depth=2, img_size=64),
+    "deit_distilled": dict(name="deit_tiny_distilled_patch16_224", seed=32, depth=2, img_size=(32, 48)),
+}
 
 
 @pytest.mark.parametrize("kind", ["vit", "deit_distilled"])
@@ -44,8 +39,7 @@ def test_token_gradcam_equals_pytorch_grad_cam(kind):
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    model = _model(kind)
-    model.reset_hooks(including_permanent=True)
+    model = tiny_vit(**MODELS[kind])
     x = torch.randn(2, 3, *model.cfg.image_size, generator=torch.Generator().manual_seed(3))
     targets = [2, 5]
     grid = model.grid

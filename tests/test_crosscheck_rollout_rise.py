@@ -12,8 +12,6 @@ padding.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
@@ -21,25 +19,16 @@ import torch
 from caap_lens.baselines import attribute
 from caap_lens.metrics import deletion_curve, insertion_curve
 from caap_lens.metrics.curves import RiseBlur, rise_kernel, substrate_images
-from conftest import make_timm
+from conftest import images_for, tiny_vit
 
 
-@functools.lru_cache(maxsize=None)
 def _model():
-    from caap_lens import HookedViT
-
-    return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=41, depth=3, img_size=32, num_classes=10))
+    return tiny_vit(seed=41, depth=3, img_size=32)
 
 
 @pytest.fixture
 def model():
-    m = _model()
-    m.reset_hooks(including_permanent=True)
-    return m
-
-
-def images(n: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return _model()
 
 
 # --------------------------------------------------------------------------------------- rollout
@@ -60,7 +49,7 @@ def rollout_transcribed(attentions: list[np.ndarray], start: int) -> np.ndarray:
 
 @pytest.mark.parametrize("start", [0, 1])
 def test_rollout_equals_the_transcribed_formula(model, start):
-    x = images()
+    x = images_for(model, seed=0)
     _, cache = model.run_with_cache(x)
     attentions = [cache["pattern", layer].double().numpy() for layer in range(model.cfg.n_layers)]
     got = attribute("rollout", model, x, 0, start_layer=start).map.numpy()
@@ -104,7 +93,7 @@ def test_rise_kernel_is_rises_gkern():
 
 
 def test_deletion_and_insertion_follow_rises_causal_metric(model):
-    x = images(2, seed=3)
+    x = images_for(model, 2, seed=3)
     gen = torch.Generator().manual_seed(4)
     maps = torch.rand(2, 32, 32, generator=gen)  # distinct values: no ties, one order
     step = 64  # 16 steps of 64 pixels on a 32 x 32 image
@@ -133,7 +122,7 @@ def test_insertion_blur_scales_with_the_image_as_rise():
 
     assert inspect.signature(insertion_curve).parameters["substrate"].default == "rise_blur"
     model = _model()
-    x = images(1, seed=5)
+    x = images_for(model, 1, seed=5)
     out = substrate_images(model, x, "rise_blur")
     size, sigma = RiseBlur().settings((32, 32))
     expected = torch.nn.functional.conv2d(x, rise_kernel(size, sigma).expand(3, 1, size, size), padding=size // 2,

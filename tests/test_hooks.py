@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import VARIANT_IDS, images_for
+from conftest import VARIANT_IDS, images_for, no_hooks_left
 
 # (variant, use_attn_result): every variant without per-head results (clip_b16 is left out: clip_b32
 # has the same structure with a head, clip_b16_headless the same weights' shapes), three with them.
@@ -55,7 +55,7 @@ def test_every_hook_is_live(variant, attn_result, pair):
                 else:
                     assert len(calls) == 1, f"{name} fired {len(calls)} times"
                     assert (out - base).abs().max() > 1e-4, f"replacing {name} did not change the output"
-                assert not hp._forward_hooks, f"{name} kept its hook after run_with_hooks"
+                assert not hp.has_hooks(), f"{name} kept its hook after run_with_hooks"
                 covered.add(name)
             # With the hooks gone, the plain output is back to the unhooked one.
             assert torch.equal(model(x), base)
@@ -85,7 +85,7 @@ def test_every_hook_fires_backward(variant, pair):
         model.set_use_attn_result(False)
         model.zero_grad(set_to_none=True)
     assert set(fired) == set(model.hook_dict)
-    assert _no_forward_hooks(model) and all(not hp._backward_hooks for hp in model.hook_dict.values())
+    assert no_hooks_left(model)
 
 
 def _expected_names(cfg) -> set[str]:
@@ -158,10 +158,6 @@ def _raise(act, hook):
     raise _Boom(hook.name)
 
 
-def _no_forward_hooks(model) -> bool:
-    return all(not hp._forward_hooks and not hp.fwd_hooks for hp in model.hook_dict.values())
-
-
 @pytest.mark.parametrize("variant", ["vit", "deit3"])
 def test_hooks_removed_after_exception(variant, pair):
     _, model = pair(variant)
@@ -177,15 +173,15 @@ def test_hooks_removed_after_exception(variant, pair):
     ]
     with pytest.raises(_Boom):
         model.run_with_hooks(x, fwd_hooks=path_hooks + [(f"blocks.{n - 1}.hook_mlp_out", _raise)])
-    assert _no_forward_hooks(model)
+    assert no_hooks_left(model)
     with torch.no_grad():
         assert torch.equal(model(x), before)
 
     with pytest.raises(_Boom):
         with model.hooks(fwd_hooks=path_hooks + [("hook_logits", _raise)]):
-            assert not _no_forward_hooks(model)
+            assert not no_hooks_left(model)
             model(x)
-    assert _no_forward_hooks(model)
+    assert no_hooks_left(model)
     with torch.no_grad():
         assert torch.equal(model(x), before)
 
@@ -193,7 +189,7 @@ def test_hooks_removed_after_exception(variant, pair):
     with pytest.raises(KeyError):
         with model.hooks(fwd_hooks=path_hooks):
             raise KeyError("body")
-    assert _no_forward_hooks(model)
+    assert no_hooks_left(model)
     with torch.no_grad():
         assert torch.equal(model(x), before)
 

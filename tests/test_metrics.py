@@ -8,7 +8,6 @@ to direct model runs), and against Quantus where it has the same metric (skipped
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 
@@ -37,28 +36,19 @@ from caap_lens.metrics import (
     top_overlap,
     unit_order,
 )
-from caap_lens.stats import t_quantile
-from conftest import make_timm
+from caap_lens.stats import pearson, t_quantile
+from conftest import images_for, tiny_vit
 
 GRID = PatchGrid(grid_size=(4, 4), patch_size=(16, 16), n_prefix_tokens=1)
 
 
-@functools.lru_cache(maxsize=None)
 def _build():
-    from caap_lens import HookedViT
-
-    return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=11, depth=4, img_size=64, num_classes=10))
+    return tiny_vit(seed=11, depth=4, img_size=64)
 
 
 @pytest.fixture
 def vit():
-    model = _build()
-    model.reset_hooks(including_permanent=True)
-    return model
-
-
-def images_for(n: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    return _build()
 
 
 def caap_map(model, images, targets):
@@ -186,6 +176,11 @@ def test_stats_agree_with_scipy():
     assert np.allclose(average_ranks(x).numpy(), stats.rankdata(x.numpy(), axis=1))
     expected = [stats.spearmanr(x[i], y[i]).statistic for i in range(4)]
     assert np.allclose(spearman(x, y).numpy(), expected, atol=1e-12)
+    # Maps [batch, gh, gw]: one correlation per image over its flattened patches, ties included.
+    maps_a, maps_b = x.view(4, 5, 8), y.view(4, 5, 8)
+    assert np.allclose(spearman(maps_a, maps_b).numpy(), expected, atol=1e-12)
+    pearsons = [stats.pearsonr(x[i], y[i]).statistic for i in range(4)]
+    assert np.allclose(pearson(maps_a, maps_b).numpy(), pearsons, atol=1e-12)
     for df in (1, 3, 10, 100):
         assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-7)
 
@@ -210,7 +205,7 @@ def _replaced_patches(model, perturbed, images, substrate):
 
 
 def test_perturbed_images_replace_exactly_the_ranked_units(vit):
-    images = images_for(2)
+    images = images_for(vit, 2, seed=0)
     gen = torch.Generator().manual_seed(0)
     maps = torch.stack([torch.randperm(16, generator=gen).float().view(4, 4) for _ in range(2)])
     top_first = maps.flatten(1).argsort(dim=1, descending=True)
@@ -248,7 +243,7 @@ def test_pixel_units_and_ties_are_deterministic(vit):
     assert unit == "pixel" and (rows >= 48).all() and (cols >= 48).all()
     assert torch.equal(first_patch, torch.sort(first_patch).values)
     # Pixel units on a pixel map: after k pixels, exactly the top-k pixels are substrate.
-    images = images_for(1, seed=4)
+    images = images_for(vit, 1, seed=4)
     pixel_map = torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(5))
     out = perturbed_images(vit, images, pixel_map, [100, 4096], mode="deletion", substrate="mean")
     top = pixel_map.flatten().argsort(descending=True)[:100]
@@ -258,7 +253,7 @@ def test_pixel_units_and_ties_are_deterministic(vit):
 
 
 def test_deletion_and_insertion_endpoints_and_chunking(vit):
-    images = images_for(3, seed=6)
+    images = images_for(vit, 3, seed=6)
     maps = caap_map(vit, images, "predicted")
     with torch.no_grad():
         clean = vit(images).softmax(-1)
@@ -292,7 +287,7 @@ def test_deletion_and_insertion_endpoints_and_chunking(vit):
 
 
 def test_perturbation_curve(vit):
-    images = images_for(3, seed=7)
+    images = images_for(vit, 3, seed=7)
     maps = caap_map(vit, images, "predicted")
     pos = perturbation_curve(vit, images, maps, positive=True)
     neg = perturbation_curve(vit, images, maps, positive=False)
@@ -313,7 +308,7 @@ def test_perturbation_curve(vit):
 
 def test_deletion_matches_quantus_region_perturbation(vit):
     quantus = pytest.importorskip("quantus", reason="Quantus absent: independent cross-check skipped")
-    images = images_for(3, seed=8)
+    images = images_for(vit, 3, seed=8)
     maps = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(9))  # distinct values: no ties
     with torch.no_grad():
         targets = vit(images).argmax(-1)
@@ -353,7 +348,7 @@ def test_localisation_matches_quantus():
 
 # ---------------------------------------------------------------------------------------- sanity
 def test_randomising_all_layers_changes_caap_maps_and_leaves_model_alone(vit):
-    images = images_for(6, seed=12)
+    images = images_for(vit, 6, seed=12)
     before = {k: v.clone() for k, v in vit.state_dict().items()}
     report = randomisation_check(caap_map, vit, images, "predicted", start_layers=[4, 0], seed=0)
     assert report["start_layers"] == (4, 0) and report["spearman"].shape == (2, 6)
@@ -365,7 +360,7 @@ def test_randomising_all_layers_changes_caap_maps_and_leaves_model_alone(vit):
 
 
 def test_randomising_zero_layers_gives_correlation_one(vit):
-    images = images_for(3, seed=13)
+    images = images_for(vit, 3, seed=13)
     report = randomisation_check(caap_map, vit, images, "predicted", start_layers=[4], head=False)
     assert torch.allclose(report["spearman"], torch.ones(1, 3, dtype=torch.float64))
     assert report["top_overlap"].tolist() == [[1.0] * 3] and not report["differs"][0]
@@ -392,7 +387,7 @@ def test_randomise_layers_is_a_nested_cascade(vit):
 
 # ------------------------------------------------------------------------------------- bad input
 def test_bad_input_raises_clear_errors(vit):
-    images = images_for(2)
+    images = images_for(vit, 2, seed=0)
     maps = torch.rand(2, 4, 4)
     masks = random_masks(2)
     with pytest.raises(TypeError, match="masks must be bool"):

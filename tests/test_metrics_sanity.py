@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
 from caap_lens.metrics import randomisation_check, randomise_layers
 from caap_lens.stats import mean_ci
-from conftest import make_timm
+from conftest import tiny_vit
 
 
-@functools.lru_cache(maxsize=None)
 def _build():
-    from caap_lens import HookedViT
-
-    return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=51, depth=2, img_size=32, num_classes=10))
+    return tiny_vit(seed=51, depth=2, img_size=32)
 
 
 @pytest.fixture
 def vit():
-    model = _build()
-    model.reset_hooks(including_permanent=True)
-    return model
+    return _build()
 
 
 def embedding_state(model):

@@ -4,7 +4,6 @@ user's own hooks, and bad input fails with a clear message (hooks removed afterw
 
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
@@ -17,31 +16,13 @@ from caap_lens.patching import (
     resolve_hook,
     token_mask_for_patches,
 )
-from conftest import make_timm
-
-
-@functools.lru_cache(maxsize=None)
-def _tiny_vit():
-    from caap_lens import HookedViT
-
-    # Perturbed random init (conftest.make_timm): 4 blocks, 64 px -> 4x4 grid, 17 tokens, 3 heads.
-    return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=11, depth=4, img_size=64, num_classes=10))
+from conftest import images_for, no_hooks_left, tiny_vit
 
 
 @pytest.fixture
 def model():
-    m = _tiny_vit()
-    m.reset_hooks(including_permanent=True)
-    yield m
-    m.reset_hooks(including_permanent=True)
-
-
-def _images(n: int, seed: int) -> torch.Tensor:
-    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _no_hooks_left(model) -> bool:
-    return all(not hp._forward_hooks for hp in model.hook_dict.values())
+    # Perturbed random init (conftest.make_timm): 4 blocks, 64 px -> 4x4 grid, 17 tokens, 3 heads.
+    return tiny_vit(seed=11, depth=4, img_size=64)
 
 
 def _random_mask(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -111,7 +92,7 @@ def test_patch_from_source_default_and_shared_source_rows(model):
 
 
 def test_patch_composes_with_run_with_hooks_and_a_users_hook(model):
-    x, src = _images(3, seed=10), _images(2, seed=20)
+    x, src = images_for(model, 3, seed=10), images_for(model, 2, seed=20)
     name = "blocks.2.hook_resid_pre"
     with torch.no_grad():
         _, cache = model.run_with_cache(src, names_filter=lambda n: n == name)
@@ -139,11 +120,11 @@ def test_patch_composes_with_run_with_hooks_and_a_users_hook(model):
         reference = model(expected_resid, start_at_layer=2)
         assert torch.allclose(out, reference, atol=1e-5), (out - reference).abs().max()
         assert not torch.allclose(out, model(x), atol=1e-3)  # the patch and the +1 really acted
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_patch_hooks_over_several_layers_from_run_with_cache(model):
-    x, src = _images(2, seed=30), _images(2, seed=31)
+    x, src = images_for(model, 2, seed=30), images_for(model, 2, seed=31)
     layers = [1, 2, 3]
     with torch.no_grad():
         _, cache = model.run_with_cache(src)  # a TransformerLens ActivationCache
@@ -162,11 +143,11 @@ def test_patch_hooks_over_several_layers_from_run_with_cache(model):
             resid = block(resid)
         reference = model.unembed(resid)
     assert torch.allclose(out, reference, atol=1e-5), (out - reference).abs().max()
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_patch_hooks_per_head_masks_at_hook_z(model):
-    x, src = _images(2, seed=40), _images(1, seed=41)
+    x, src = images_for(model, 2, seed=40), images_for(model, 1, seed=41)
     layers = [0, 2]
     with torch.no_grad():
         _, cache = model.run_with_cache(src, names_filter=lambda n: n.endswith("hook_z"))
@@ -188,7 +169,7 @@ def test_patch_hooks_per_head_masks_at_hook_z(model):
             assert bool((z[~mask] != src_z[~mask]).any())
         else:  # layers not asked for are left alone
             assert bool((z[mask] != src_z[mask]).all())
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 # ------------------------------------------------------------------------------------ hook names
@@ -231,7 +212,7 @@ def test_unknown_hook_names_list_the_choices(model, bad):
 
 def test_patch_hooks_names_a_missing_cache_entry(model):
     with torch.no_grad():
-        _, cache = model.run_with_cache(_images(1, 50), names_filter=lambda n: "resid_pre" in n)
+        _, cache = model.run_with_cache(images_for(model, 1, seed=50), names_filter=lambda n: "resid_pre" in n)
     mask = torch.zeros(1, model.grid.n_tokens, dtype=torch.bool)
     with pytest.raises(KeyError, match=r"blocks\.1\.mlp\.hook_post.*names_filter"):
         patch_hooks(cache, "mlp_post", [1], mask)
@@ -249,14 +230,14 @@ def test_patch_hooks_names_a_missing_cache_entry(model):
     ],
 )
 def test_mask_of_the_wrong_shape_is_an_error_and_hooks_are_removed(model, hook_name, mask_shape, no_shape_checks):
-    x = _images(2, seed=60)
+    x = images_for(model, 2, seed=60)
     with torch.no_grad():
         _, cache = model.run_with_cache(x, names_filter=lambda n: n == hook_name)
         base = model(x)
         hook = patch_from_source(cache[hook_name], torch.ones(mask_shape, dtype=torch.bool))
         with pytest.raises(ValueError, match=r"patch mask of shape .* does not fit activation .*expected \[batch"):
             model.run_with_hooks(x, fwd_hooks=[(hook_name, hook)])
-        assert _no_hooks_left(model)
+        assert no_hooks_left(model)
         assert torch.equal(model(x), base)
 
 
@@ -268,18 +249,18 @@ def test_non_bool_mask_is_an_error(model, no_shape_checks):
 
 
 def test_source_of_the_wrong_shape_is_an_error(model):
-    x = _images(2, seed=70)
+    x = images_for(model, 2, seed=70)
     with torch.no_grad():
         _, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("mlp.hook_post"))
         mask = torch.ones(2, 17, dtype=torch.bool)
         wrong = patch_from_source(cache["blocks.0.mlp.hook_post"], mask)  # d_mlp source at the residual
         with pytest.raises(ValueError, match=r"source activation .* does not match blocks\.0\.hook_resid_pre"):
             model.run_with_hooks(x, fwd_hooks=[("blocks.0.hook_resid_pre", wrong)])
-    assert _no_hooks_left(model)
+    assert no_hooks_left(model)
 
 
 def test_hooks_are_removed_after_an_exception_in_another_hook(model):
-    x, src = _images(2, seed=80), _images(2, seed=81)
+    x, src = images_for(model, 2, seed=80), images_for(model, 2, seed=81)
     with torch.no_grad():
         _, cache = model.run_with_cache(src)
         base = model(x)
@@ -290,7 +271,7 @@ def test_hooks_are_removed_after_an_exception_in_another_hook(model):
 
         with pytest.raises(RuntimeError, match="user hook failed"):
             model.run_with_hooks(x, fwd_hooks=hooks + [("blocks.2.hook_mlp_out", boom)])
-        assert _no_hooks_left(model)
+        assert no_hooks_left(model)
         assert torch.equal(model(x), base)
 
 

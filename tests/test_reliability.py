@@ -32,31 +32,20 @@ import torch
 from caap_lens import HookedViT, caap, depth_profile, window_sweep
 from caap_lens.loading.timm_vit import UnsupportedModelError, from_timm
 
-from conftest import make_timm
+from conftest import make_timm, no_hooks_left, tiny_vit
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "reliability.md"
 
 
 # ------------------------------------------------------------------------------------- fixtures
-_MODELS: dict[str, Any] = {}
-
-
 def tiny() -> HookedViT:
-    """A 2-layer, 3-head ViT on 32 px images (2x2 patch grid), perturbed random weights."""
-    if "tiny" not in _MODELS:
-        _MODELS["tiny"] = HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=10, img_size=32))
-    model = _MODELS["tiny"]
-    model.reset_hooks(including_permanent=True)
-    return model
+    """A 2-layer, 3-head ViT on 32 px images (2x2 patch grid), 1000 classes, perturbed random weights."""
+    return tiny_vit(seed=10, depth=2, img_size=32, num_classes=1000)
 
 
 def headless() -> HookedViT:
-    if "headless" not in _MODELS:
-        _MODELS["headless"] = HookedViT.from_timm(
-            make_timm("vit_tiny_patch16_224", seed=11, img_size=32, num_classes=0)
-        )
-    return _MODELS["headless"]
+    return tiny_vit(seed=11, depth=2, img_size=32, num_classes=0)
 
 
 def images(batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -570,7 +559,7 @@ def check_threads_equal_single_threaded(n_threads: int = 3, rounds: int = 2) -> 
         diff = float((got - expected[j]).abs().max())
         assert diff <= 1e-5 * max(1.0, float(expected[j].abs().max())), f"job {j} round {r} differs by {diff}"
     assert len(results) == len(jobs) * rounds
-    assert not any(hp._forward_hooks for hp in model.hook_dict.values()), "hooks left behind"
+    assert no_hooks_left(model), "hooks left behind"
     assert all(p.dtype == torch.float32 for p in model.parameters()), "bf16 weights left behind"
 
 

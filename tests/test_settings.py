@@ -5,7 +5,6 @@ the source once."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import pytest
 import torch
@@ -13,22 +12,16 @@ import torch
 from caap_lens.attribution.engine import caap, caap_settings, patched_scores
 from caap_lens.baselines import attribute
 from caap_lens.sweeps import context_sweep, depth_profile, score_sweep, window_sweep
-from conftest import images_for, make_timm
+from conftest import images_for, tiny_vit
 
 
-@functools.lru_cache(maxsize=None)
 def _build():
-    from caap_lens import HookedViT
-
-    return HookedViT.from_timm(make_timm("vit_tiny_patch16_224", seed=3, depth=4, img_size=64, num_classes=10))
+    return tiny_vit(seed=3, depth=4, img_size=64)
 
 
 @pytest.fixture
 def vit():
-    model = _build()
-    model.reset_hooks(including_permanent=True)
-    yield model
-    model.reset_hooks(including_permanent=True)
+    return _build()
 
 
 def test_settings_are_frozen_checked_once_and_read_as_a_mapping(vit):

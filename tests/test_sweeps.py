@@ -3,7 +3,6 @@ place and find windows, and a full window sweep really shares work between windo
 
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
@@ -12,27 +11,16 @@ import torch
 from caap_lens.attribution.engine import caap
 from caap_lens.attribution.scores import logit_diff
 from caap_lens.sweeps import all_windows, context_sweep, depth_profile, score_sweep, window_sweep
-from conftest import make_timm
+from conftest import images_for, tiny_vit
 
 
-@functools.lru_cache(maxsize=None)
 def _build(depth: int):
-    from caap_lens import HookedViT
-
-    timm_model = make_timm("vit_tiny_patch16_224", seed=7 + depth, depth=depth, img_size=64, num_classes=10)
-    return HookedViT.from_timm(timm_model)
+    return tiny_vit(seed=7 + depth, depth=depth, img_size=64)
 
 
 @pytest.fixture
 def vit():
-    model = _build(4)
-    model.reset_hooks(including_permanent=True)
-    yield model
-    model.reset_hooks(including_permanent=True)
-
-
-def images_for(model, n: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 3, *model.cfg.image_size, generator=torch.Generator().manual_seed(seed))
+    return _build(4)
 
 
 def test_all_windows_is_every_pair():
