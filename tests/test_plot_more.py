@@ -226,7 +226,7 @@ def test_metric_curves_mean_with_band_and_auc_in_legend():
     np.testing.assert_allclose(line.y, curves["caap"].y.mean(0).numpy())
     m, lower, upper = band_bounds(curves["caap"].y, "ci")
     np.testing.assert_allclose(band.y, np.r_[upper, lower[::-1]])
-    # Per point, the band is the t-interval of the mean over the 5 images (mean_ci's, independent of it).
+    # Per point, the band is the 95% t-interval of the mean over the 5 images, as stats.mean_ci gives it.
     per_point = [mean_ci(curves["caap"].y[:, j]) for j in range(9)]
     np.testing.assert_allclose(m, [p.mean for p in per_point], rtol=1e-12)
     np.testing.assert_allclose(lower, [p.lo for p in per_point], rtol=1e-9)
