@@ -135,6 +135,27 @@ def images_for(model: Any, batch: int = 2, seed: int = 1234) -> torch.Tensor:
     return torch.randn(batch, model.cfg.n_channels, *model.cfg.image_size, generator=gen, dtype=dtype)
 
 
+def cache_of(model: Any, attn_result: bool = False, batch: int = 2) -> tuple[torch.Tensor, Any]:
+    """``model.run_with_cache(images_for(model, batch))`` without grad, per-head results on if asked (then off)."""
+    x = images_for(model, batch=batch)
+    model.set_use_attn_result(attn_result)
+    try:
+        with torch.no_grad():
+            return model.run_with_cache(x)
+    finally:
+        model.set_use_attn_result(False)
+
+
+def one_layer_rollout(pattern: torch.Tensor) -> torch.Tensor:
+    """Abnar & Zuidema's rollout of one layer, transcribed: heads averaged, ``0.5 A + 0.5 I``, rows summing to 1.
+
+    ``pattern`` is ``[batch, head, q, k]``; returns ``[batch, q, k]``.
+    """
+    a = pattern.mean(1)
+    rolled = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
+    return rolled / rolled.sum(-1, keepdim=True)
+
+
 def no_hooks_left(model: Any) -> bool:
     """No TransformerLens hook on any hook point (forward or backward, permanent too), no ``hooks()`` open."""
     return not model.list_hooks() and model.context_level == 0

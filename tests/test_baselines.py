@@ -24,7 +24,7 @@ from caap_lens.baselines import (
     rise_masks,
 )
 from caap_lens.model.layer_norm import has_hooks
-from conftest import images_for, no_hooks_left, tiny_vit
+from conftest import images_for, no_hooks_left, one_layer_rollout, tiny_vit
 
 TARGETS = [1, 7]
 FAST = {"rise": {"n_masks": 48}, "integrated_gradients": {"n_steps": 8}}  # keep CPU runs short
@@ -143,11 +143,7 @@ def test_rollout_of_one_layer_is_half_attention_plus_identity():
     model = get_model("vit1")
     x = images_for(model, 2, seed=6)
     _, cache = model.run_with_cache(x)
-    a = cache["pattern", 0].mean(1)
-    eye = torch.eye(a.shape[-1])
-    rolled = 0.5 * a + 0.5 * eye
-    rolled = rolled / rolled.sum(-1, keepdim=True)
-    expected = rolled[:, 0, 1:].reshape(2, *model.grid.grid_size)
+    expected = one_layer_rollout(cache["pattern", 0])[:, 0, 1:].reshape(2, *model.grid.grid_size)
     assert torch.allclose(attribute("rollout", model, x, 0).map, expected, atol=1e-6)
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from caap_lens.baselines import attribute, gradcam, transformer_attribution
-from conftest import images_for, tiny_vit
+from conftest import images_for, one_layer_rollout, tiny_vit
 
 
 MODELS = {  # kind -> conftest.tiny_vit arguments
@@ -125,9 +125,7 @@ def test_rollout_start_layer_one_as_chefer_evaluates():
     model = get_model("token")
     x = images_for(model, 2, seed=5)
     _, cache = model.run_with_cache(x)
-    a = cache["pattern", 1].mean(1)
-    eye = torch.eye(a.shape[-1])
-    rolled = (0.5 * a + 0.5 * eye) / (0.5 * a + 0.5 * eye).sum(-1, keepdim=True)
+    rolled = one_layer_rollout(cache["pattern", 1])
     got = attribute("rollout", model, x, 0, start_layer=1).map
     assert torch.allclose(got, rolled[:, 0, 1:].reshape(2, 2, 2), atol=1e-6)
     assert not torch.allclose(got, attribute("rollout", model, x, 0).map, atol=1e-5)

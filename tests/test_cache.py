@@ -7,20 +7,9 @@ import pytest
 import torch
 from transformer_lens.ActivationCache import ActivationCache
 
-from conftest import images_for
+from conftest import cache_of, images_for
 
 ATOL = 1e-4
-
-
-def _cache(model, attn_result: bool = False, batch: int = 2):
-    x = images_for(model, batch=batch)
-    model.set_use_attn_result(attn_result)
-    try:
-        with torch.no_grad():
-            out, cache = model.run_with_cache(x)
-    finally:
-        model.set_use_attn_result(False)
-    return out, cache
 
 
 def _close(actual, expected, atol=ATOL):
@@ -29,7 +18,7 @@ def _close(actual, expected, atol=ATOL):
 
 def test_run_with_cache_returns_activation_cache(pair):
     _, model = pair("vit")
-    out, cache = _cache(model)
+    out, cache = cache_of(model)
     assert isinstance(cache, ActivationCache)
     assert cache.model is model
     assert set(cache.keys()) == set(model.hook_dict) - {f"blocks.{l}.attn.hook_result" for l in range(model.cfg.n_layers)}
@@ -43,7 +32,7 @@ def test_run_with_cache_returns_activation_cache(pair):
     n = model.cfg.n_layers
     assert torch.equal(cache["resid_post", -1], cache[f"blocks.{n - 1}.hook_resid_post"])
     # remove_batch_dim on a batch of one drops the batch axis.
-    _, single = _cache(model, batch=1)
+    _, single = cache_of(model, batch=1)
     single.remove_batch_dim()
     assert single["resid_pre", 0].shape == (model.cfg.n_tokens, model.cfg.d_model)
 
@@ -54,7 +43,7 @@ def test_residual_adds_up(variant, pair):
     input of block 0 (models without ln_pre)."""
     _, model = pair(variant)
     assert not model.cfg.pre_norm
-    _, cache = _cache(model)
+    _, cache = cache_of(model)
     _close(cache["hook_embed"] + cache["hook_pos_embed"], cache["resid_pre", 0], atol=1e-6)
     for layer in range(model.cfg.n_layers):
         _close(cache["resid_pre", layer] + cache["attn_out", layer], cache["resid_mid", layer], atol=1e-6)
@@ -67,7 +56,7 @@ def test_residual_adds_up(variant, pair):
 def test_decompose_and_accumulated_resid(variant, pair):
     _, model = pair(variant)
     n = model.cfg.n_layers
-    _, cache = _cache(model)
+    _, cache = cache_of(model)
     final = cache["resid_post", n - 1]
 
     parts, labels = cache.decompose_resid(return_labels=True)
@@ -93,7 +82,7 @@ def test_stack_head_results_sum_to_attn_out(variant, attn_result, pair):
     _, model = pair(variant)
     cfg = model.cfg
     n = cfg.n_layers
-    _, cache = _cache(model, attn_result=attn_result)
+    _, cache = cache_of(model, attn_result=attn_result)
     assert ("blocks.0.attn.hook_result" in cache.cache_dict) == attn_result
     heads, labels = cache.stack_head_results(layer=n, return_labels=True)
     assert labels == [f"L{l}H{h}" for l in range(n) for h in range(cfg.n_heads)]
@@ -123,7 +112,7 @@ def test_direct_logit_attribution_sums_to_logits(variant, pair):
     cfg = model.cfg
     assert cfg.pooling == "token" and cfg.final_norm and not cfg.pooled_norm and cfg.n_classes
     n = cfg.n_layers
-    logits, cache = _cache(model)
+    logits, cache = cache_of(model)
     stack = cache.apply_ln_to_stack(cache.decompose_resid(layer=n), layer=n)[:, :, 0]  # CLS position
     per_component = stack @ (model.ln_final.w[:, None] * model.W_U)  # [component, batch, class]
     assert per_component.shape == (2 + 2 * n, 2, cfg.n_classes)
@@ -137,7 +126,7 @@ def test_direct_logit_attribution_sums_to_logits(variant, pair):
 def test_weight_views_reproduce_cached_activations(variant, pair):
     _, model = pair(variant)
     cfg = model.cfg
-    _, cache = _cache(model)
+    _, cache = cache_of(model)
     for layer in range(cfg.n_layers):
         block = model.blocks[layer]
         attn, mlp = block.attn, block.mlp

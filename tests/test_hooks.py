@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import VARIANT_IDS, images_for, no_hooks_left
+from conftest import VARIANT_IDS, cache_of, images_for, no_hooks_left
 
 # (variant, use_attn_result): every variant without per-head results (clip_b16 is left out: clip_b32
 # has the same structure with a head, clip_b16_headless the same weights' shapes), three with them.
@@ -121,13 +121,7 @@ def test_transformer_lens_hook_names(variant, pair):
 def test_hook_shapes(variant, pair):
     _, model = pair(variant)
     cfg = model.cfg
-    x = images_for(model, batch=2)
-    model.set_use_attn_result(True)
-    try:
-        with torch.no_grad():
-            _, cache = model.run_with_cache(x)
-    finally:
-        model.set_use_attn_result(False)
+    _, cache = cache_of(model, attn_result=True, batch=2)
     b, p, h, dh, d = 2, cfg.n_tokens, cfg.n_heads, cfg.d_head, cfg.d_model
     assert cache["hook_embed"].shape == (b, p, d)
     assert cache["hook_pos_embed"].shape == (b, p, d)

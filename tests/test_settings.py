@@ -15,13 +15,9 @@ from caap_lens.sweeps import context_sweep, depth_profile, score_sweep, window_s
 from conftest import images_for, tiny_vit
 
 
-def _build():
-    return tiny_vit(seed=3, depth=4, img_size=64)
-
-
 @pytest.fixture
 def vit():
-    return _build()
+    return tiny_vit(seed=3, depth=4, img_size=64)
 
 
 def test_settings_are_frozen_checked_once_and_read_as_a_mapping(vit):
