@@ -9,7 +9,8 @@ adds the conveniences that need a model or the network.
 * `caap_lens.converters.families` -- the supported families as one table, and family detection;
 * `caap_lens.converters.timm_config` -- a timm module's structure -> `HookedViTConfig`;
 * `caap_lens.converters.timm_vit` -- `convert_timm`, `create_timm`, `imagenet_class_names`;
-* `caap_lens.converters.checkpoint` -- `checkpoint_num_classes` of a checkpoint file;
+* `caap_lens.converters.checkpoint` -- checkpoint files: `checkpoint_num_classes`, `read_checkpoint`,
+  `load_checkpoint` (prefixes stripped, a one-line error when it does not fit);
 * `caap_lens.converters.real_dinov2` -- the real DINOv2-S/14 weights: ONNX -> timm state dict, cache;
 * `caap_lens.converters.bundled` -- the models shipped inside caap_lens.
 
@@ -20,9 +21,15 @@ Example:
     ('vit', 20)
 """
 
-from caap_lens.converters.checkpoint import checkpoint_num_classes
+from caap_lens.converters.checkpoint import (
+    CheckpointMismatchError,
+    checkpoint_num_classes,
+    load_checkpoint,
+    read_checkpoint,
+)
 from caap_lens.converters.families import FAMILIES, FAMILY_EXAMPLES, UnsupportedModelError, detect_family
-from caap_lens.converters.timm_vit import convert_timm, create_timm, imagenet_class_names, key_map
+from caap_lens.converters.timm_vit import convert_timm, create_timm, imagenet_class_names, key_map, timm_origin
 
-__all__ = ["FAMILIES", "FAMILY_EXAMPLES", "UnsupportedModelError", "checkpoint_num_classes", "convert_timm",
-           "create_timm", "detect_family", "imagenet_class_names", "key_map"]
+__all__ = ["FAMILIES", "FAMILY_EXAMPLES", "CheckpointMismatchError", "UnsupportedModelError", "checkpoint_num_classes",
+           "convert_timm", "create_timm", "detect_family", "imagenet_class_names", "key_map", "load_checkpoint",
+           "read_checkpoint", "timm_origin"]

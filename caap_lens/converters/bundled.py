@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import json
 from pathlib import Path
@@ -33,7 +34,8 @@ from caap_lens.config import HookedViTConfig
 from caap_lens.converters.real_dinov2 import checkpoint_path
 from caap_lens.converters.timm_vit import convert_timm
 
-__all__ = ["BUNDLED", "bundled_config", "bundled_path", "bundled_timm", "convert_bundled", "list_bundled"]
+__all__ = ["BUNDLED", "bundled_config", "bundled_path", "bundled_timm", "convert_bundled", "list_bundled",
+           "not_bundled_message"]
 
 #: Bundled model name -> folder under ``caap_lens/pretrained/``.
 BUNDLED: dict[str, str] = {"fashion-scenes-vit": "fashion_scenes_vit", "fashion-scenes-dinov2": "fashion_scenes_dinov2"}
@@ -53,6 +55,29 @@ def list_bundled() -> list[str]:
     return sorted(BUNDLED)
 
 
+def not_bundled_message(name: str) -> str:
+    """Why ``name`` is not a bundled model, and what to call instead when it is a timm name or a file.
+
+    Example:
+        >>> print(not_bundled_message("vit_small_patch16_224"))  # doctest: +NORMALIZE_WHITESPACE
+        no bundled model named 'vit_small_patch16_224' (bundled models: fashion-scenes-dinov2, fashion-scenes-vit);
+        it is a timm model: use HookedViT.from_timm('vit_small_patch16_224', pretrained=True) for timm's
+        weights, or HookedViT.from_timm('vit_small_patch16_224', checkpoint_path=...) for your own
+    """
+    text = f"no bundled model named {name!r} (bundled models: {', '.join(list_bundled())})"
+    if Path(name).suffix.lower() in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
+        return (f"{text}; {name!r} looks like a checkpoint file: use HookedViT.from_timm(ARCH, "
+                f"checkpoint_path={name!r}) with its timm architecture")
+    try:
+        known = bool(import_timm().is_model(name.split(".")[0]))
+    except Exception:  # the hint is a convenience; the error stands without it
+        known = False
+    if not known:
+        return f"{text}; for a timm model use HookedViT.from_timm(name)"
+    return (f"{text}; it is a timm model: use HookedViT.from_timm({name!r}, pretrained=True) for timm's weights, "
+            f"or HookedViT.from_timm({name!r}, checkpoint_path=...) for your own")
+
+
 def bundled_path(name: str, filename: str | None = None) -> Path:
     """The folder of a bundled model, or one file in it (which must exist).
 
@@ -65,7 +90,7 @@ def bundled_path(name: str, filename: str | None = None) -> Path:
         'config.json'
     """
     if name not in BUNDLED:
-        raise ValueError(f"no bundled model named {name!r}; bundled models: {', '.join(list_bundled())}")
+        raise ValueError(not_bundled_message(name))
     folder = Path(str(importlib.resources.files("caap_lens") / "pretrained" / BUNDLED[name]))
     if filename is None:
         return folder
@@ -148,5 +173,6 @@ def convert_bundled(name: str) -> tuple[HookedViTConfig, dict[str, Tensor], tupl
     config = bundled_config(name)
     cfg, state = convert_timm(bundled_timm(name), family=config.get("family", "vit"),
                               source=f"caap_lens bundled: {name}")
-    cfg.output_activation = config.get("output_activation", cfg.output_activation)  # the model's own word
+    cfg = dataclasses.replace(cfg, output_activation=config.get("output_activation", cfg.output_activation),
+                              weights_kind="bundled", weights=f"bundled: {name}")
     return cfg, state, tuple(config["class_names"])

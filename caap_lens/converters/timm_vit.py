@@ -6,8 +6,10 @@ family's rules (`caap_lens.converters.families`), and renames timm's tensors to 
 ``HookedViT(cfg).load_state_dict(state_dict, strict=True)`` with the result. An unsupported module
 fails before any weight is read, with an error naming the supported families.
 
-`create_timm` wraps ``timm.create_model`` with clear errors for a missing checkpoint file and an
-unknown name; `imagenet_class_names` names an ImageNet head's outputs.
+`create_timm` wraps ``timm.create_model`` with clear errors for an unknown name, and loads a local
+checkpoint itself (class count read from it, prefixes stripped, a one-line error when it does not fit);
+`timm_origin` says where the weights of such a model came from; `imagenet_class_names` names an ImageNet
+head's outputs.
 
 Example:
     >>> module = create_timm("vit_tiny_patch16_224", depth=2)  # random init, no download
@@ -25,10 +27,11 @@ from torch import Tensor, nn
 
 from caap_lens._timm import import_timm
 from caap_lens.config import HookedViTConfig
+from caap_lens.converters.checkpoint import checkpoint_num_classes, load_checkpoint
 from caap_lens.converters.families import FAMILIES, check_family, detect_family, unsupported
 from caap_lens.converters.timm_config import timm_config
 
-__all__ = ["convert_timm", "create_timm", "imagenet_class_names", "key_map"]
+__all__ = ["convert_timm", "create_timm", "imagenet_class_names", "key_map", "timm_origin"]
 
 
 def key_map(cfg: HookedViTConfig) -> dict[str, str]:
@@ -141,29 +144,67 @@ def convert_timm(
 def create_timm(name: str, **timm_kwargs: Any) -> nn.Module:
     """``timm.create_model(name, **timm_kwargs)`` in eval mode, with clear errors.
 
+    With ``checkpoint_path=``, the checkpoint is loaded here rather than by timm
+    (`caap_lens.converters.checkpoint.load_checkpoint`): ``num_classes`` defaults to the checkpoint's
+    head size, wrappers and prefixes (``state_dict``, ``module.``, ``model.``) are understood, and a
+    checkpoint that does not fit is named in one line.
+
     Raises:
         FileNotFoundError: ``checkpoint_path`` is given but is not a file.
         UnsupportedModelError: timm has no model called ``name``.
+        CheckpointMismatchError: The checkpoint's tensors do not fit the model (a ValueError).
 
     Example:
         >>> type(create_timm("vit_tiny_patch16_224", depth=1)).__name__
         'VisionTransformer'
     """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    checkpoint = timm_kwargs.get("checkpoint_path")
-    if checkpoint is not None and not os.path.isfile(checkpoint):
-        what = "is a folder, not a checkpoint file" if os.path.isdir(checkpoint) else "does not exist"
-        raise FileNotFoundError(
-            f"checkpoint_path={str(checkpoint)!r} {what}: give the path of a timm checkpoint "
-            "(.safetensors, .pth, ...)"
-        )
+    checkpoint = timm_kwargs.pop("checkpoint_path", None)
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            what = "is a folder, not a checkpoint file" if os.path.isdir(checkpoint) else "does not exist"
+            raise FileNotFoundError(
+                f"checkpoint_path={str(checkpoint)!r} {what}: give the path of a timm checkpoint "
+                "(.safetensors, .pth, ...)"
+            )
+        if timm_kwargs.get("num_classes") is None:
+            n_classes = checkpoint_num_classes(checkpoint)
+            if n_classes is None:
+                raise ValueError(f"checkpoint {checkpoint} holds no ViT (no patch_embed.proj.weight under any "
+                                 "prefix): is it a timm VisionTransformer's state dict?")
+            timm_kwargs["num_classes"] = n_classes
     try:
         module = import_timm().create_model(name, **timm_kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise unsupported(f"timm has no model named {name!r}") from err
         raise
+    if checkpoint is not None:
+        load_checkpoint(module, checkpoint, arch=name)
     return module.eval()
+
+
+def timm_origin(module: nn.Module, pretrained: bool = False, checkpoint_path: Any = None) -> tuple[str, str]:
+    """``(weights_kind, weights)`` of a model `create_timm` made (see `HookedViTConfig`).
+
+    A checkpoint wins over pretrained weights (it is loaded last); with neither, the weights are
+    timm's random init (``pretrained=False`` is timm's default).
+
+    Example:
+        >>> timm_origin(create_timm("vit_tiny_patch16_224", depth=1))
+        ('random', 'random init (timm default; no pretrained weights loaded)')
+        >>> timm_origin(create_timm("vit_tiny_patch16_224", depth=1), pretrained=True)[1]
+        'pretrained: timm vit_tiny_patch16_224.augreg_in21k_ft_in1k'
+    """
+    if checkpoint_path is not None:
+        return "checkpoint", f"checkpoint: {os.path.abspath(checkpoint_path)}"
+    if not pretrained:
+        return "random", "random init (timm default; no pretrained weights loaded)"
+    pcfg = getattr(module, "pretrained_cfg", None) or {}
+    name = str(pcfg.get("architecture") or type(module).__name__)
+    name += f".{pcfg['tag']}" if pcfg.get("tag") else ""
+    local = pcfg.get("file")
+    return "pretrained", f"pretrained: timm {name}" + (f" (from {local})" if local else "")
 
 
 def imagenet_class_names(module: nn.Module, n_classes: int) -> tuple[str, ...] | None:

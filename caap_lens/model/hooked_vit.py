@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import operator
 import threading
 from typing import Any, Iterator, Literal, Mapping, Sequence
@@ -171,27 +172,39 @@ class HookedViT(HookedRootModule):
             class_names: Names of the classifier outputs (ImageNet names are filled in when timm
                 recognises an ImageNet head).
             **timm_kwargs: Passed to ``timm.create_model`` when a name is given, e.g.
-                ``pretrained=True``, ``checkpoint_path="my_finetune.safetensors"`` (a local timm
-                checkpoint: the way to load your own weights), ``num_classes=10``, ``img_size=224``.
+                ``pretrained=True``, ``num_classes=10``, ``img_size=224``, or
+                ``checkpoint_path="my_finetune.safetensors"`` (a local timm checkpoint: the way to load
+                your own weights; its head size is used unless ``num_classes`` is given, ``module.`` /
+                ``model.`` prefixes and Lightning's ``state_dict`` wrapper are understood, and a
+                checkpoint that does not fit raises a one-line `CheckpointMismatchError`).
 
         Returns:
             The hooked model in eval mode, on the timm model's device and dtype, with weights copied
-            (a timm module passed in is put in eval mode, and is otherwise left alone).
+            (a timm module passed in is put in eval mode, and is otherwise left alone). Its
+            ``cfg.weights_kind`` / ``cfg.weights`` say where the weights came from (``"random"``
+            unless ``pretrained=True`` or a checkpoint is given; ``"converted"`` for a module), and
+            ``cfg.data_config`` holds timm's eval preprocessing, which `preprocess` applies.
 
         Example:
             >>> model = HookedViT.from_timm("vit_tiny_patch16_224", depth=2)  # random weights
-            >>> model.cfg.family, model.cfg.n_layers
-            ('vit', 2)
+            >>> model.cfg.family, model.cfg.n_layers, model.cfg.weights_kind
+            ('vit', 2, 'random')
+            >>> model.cfg.data_config["crop_pct"], model.cfg.data_config["interpolation"]
+            (0.9, 'bicubic')
         """
         if isinstance(model_or_name, str):
             module, source = converters.create_timm(model_or_name, **timm_kwargs), model_or_name
+            kind, weights = converters.timm_origin(module, pretrained=bool(timm_kwargs.get("pretrained", False)),
+                                                   checkpoint_path=timm_kwargs.get("checkpoint_path"))
         else:
             if timm_kwargs:
                 raise TypeError(
                     f"timm keyword arguments {sorted(timm_kwargs)} only apply when a model name is given"
                 )
             module, source = model_or_name, ""
+            kind, weights = "converted", ""
         cfg, state_dict = converters.convert_timm(module, family=family, source=source)
+        cfg = dataclasses.replace(cfg, weights_kind=kind, weights=weights)
         module.eval()
         if class_names is None:
             class_names = converters.imagenet_class_names(module, cfg.n_classes)
@@ -209,16 +222,23 @@ class HookedViT(HookedRootModule):
             The hooked model in eval mode, with ``class_names`` set and the training input mean/std as
             ``cfg.image_mean``/``cfg.image_std`` (used by ``model.preprocess``).
 
+        Raises:
+            ValueError: ``name`` is not bundled; for a timm name (``"vit_small_patch16_224"``) the
+                message points to `HookedViT.from_timm`.
+
         Example:
             >>> HookedViT.from_pretrained("fashion-scenes-vit").cfg.grid_size
             (8, 8)
         """
+        from caap_lens.converters.bundled import BUNDLED, convert_bundled, not_bundled_message
+
+        if name not in BUNDLED:  # a timm name or a checkpoint file: the message says to use from_timm
+            raise ValueError(not_bundled_message(name))
         unknown = set(kwargs) - {"device", "dtype"}
         if unknown:
             raise TypeError(
                 f"from_pretrained got unexpected keyword arguments {sorted(unknown)}; it accepts device, dtype"
             )
-        from caap_lens.converters.bundled import convert_bundled
 
         cfg, state_dict, class_names = convert_bundled(name)
         model = cls.from_state_dict(cfg, state_dict, class_names=class_names)
@@ -469,5 +489,5 @@ class HookedViT(HookedRootModule):
         return (
             f"HookedViT({c.family}: {c.n_layers} layers, d_model={c.d_model}, {c.n_heads} heads, "
             f"image {c.image_size}, patch {c.patch_size}, grid {c.grid_size}, "
-            f"{c.n_prefix_tokens} prefix tokens, {c.n_classes} classes)"
+            f"{c.n_prefix_tokens} prefix tokens, {c.n_classes} classes; weights: {c.weights})"
         )
