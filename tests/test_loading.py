@@ -202,3 +202,44 @@ def test_converted_weights_are_independent_of_timm():
         for p in model.parameters():
             p.zero_()
         assert torch.equal(timm_model(x), timm_out)
+
+
+# ------------------------------------------------------------------------------------ weights' origin
+def test_weights_origin_of_timm_names_modules_and_bundled_models(tmp_path):
+    random = HookedViT.from_timm("vit_small_patch16_224", depth=1)  # offline: timm's default pretrained=False
+    assert random.cfg.weights_kind == "random"
+    assert random.cfg.weights == "random init (timm default; no pretrained weights loaded)"
+    assert random.class_names is not None  # ImageNet names on random weights: why the origin is recorded
+    assert "weights: random init (timm default; no pretrained weights loaded))" in repr(random)
+
+    trained = make_timm("deit3_small_patch16_224", seed=11)
+    path = tmp_path / "weights.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(path))
+    pretrained = HookedViT.from_timm("deit3_small_patch16_224", pretrained=True,
+                                     pretrained_cfg_overlay=dict(file=str(path)), depth=2)
+    assert pretrained.cfg.weights_kind == "pretrained"
+    assert pretrained.cfg.weights == f"pretrained: timm deit3_small_patch16_224.fb_in1k (from {path})"
+
+    converted = HookedViT.from_timm(trained)
+    assert converted.cfg.weights_kind == "converted"
+    assert converted.cfg.weights == "converted from a timm module (origin unknown)"
+
+    bundled = HookedViT.from_pretrained("fashion-scenes-vit")
+    assert (bundled.cfg.weights_kind, bundled.cfg.weights) == ("bundled", "bundled: fashion-scenes-vit")
+    assert "weights: bundled: fashion-scenes-vit)" in repr(bundled)
+
+
+def test_weights_origin_round_trips_and_is_checked():
+    import dataclasses
+    import json
+
+    from caap_lens import HookedViTConfig
+
+    cfg = HookedViT.from_pretrained("fashion-scenes-vit").cfg
+    assert HookedViTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    plain = HookedViTConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=16, image_size=8, patch_size=4)
+    assert (plain.weights_kind, plain.weights) == ("random", "random init (no weights loaded)")
+    with pytest.raises(ValueError, match="weights_kind must be one of random, pretrained, checkpoint"):
+        dataclasses.replace(plain, weights_kind="trained")

