@@ -256,7 +256,8 @@ class HookedViTConfig:
         Example:
             >>> import json
             >>> cfg = HookedViTConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=16, image_size=8, patch_size=4,
-            ...                       data_config={"crop_pct": 0.9}, weights_kind="checkpoint", weights="checkpoint: a.pth")
+            ...                       data_config={"crop_pct": 0.9}, weights_kind="checkpoint",
+            ...                       weights="checkpoint: a.pth")
             >>> cfg.data_config["input_size"], cfg.data_config["crop_pct"]
             ((3, 8, 8), 0.9)
             >>> HookedViTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

