@@ -86,6 +86,15 @@ def test_unknown_name():
         HookedViT.from_pretrained("no-such-model")
     with pytest.raises(ValueError, match="bundled models"):
         load_bundled_scenes("no-such-model")
+    with pytest.raises(ValueError, match=r"it is a timm model: use HookedViT\.from_timm\('deit_small_patch16_224'"):
+        load_bundled("deit_small_patch16_224")
+
+
+def test_bundled_models_say_so_and_keep_their_own_preprocessing():
+    model = load_bundled(NAME)
+    assert (model.cfg.weights_kind, model.cfg.weights) == ("bundled", f"bundled: {NAME}")
+    assert model.cfg.data_config is None  # trained here on 64-px scenes, resized (never cropped) to its size
+    assert f"weights: bundled: {NAME})" in repr(model)
 
 
 def test_unexpected_kwargs():

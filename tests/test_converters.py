@@ -213,3 +213,23 @@ def test_loading_reexports_the_converters_names():
         assert getattr(rd, name) is getattr(real_dinov2, name), name
     assert loading_bundled.load_bundled_timm is bundled.bundled_timm
     assert loading_bundled.bundled_config is bundled.bundled_config
+
+
+def test_checkpoint_num_classes_reads_lightning_and_compiled_prefixes(tmp_path):
+    lightning = {"state_dict": {**{f"model.{k}": v for k, v in _state(4).items()}, "loss.weight": torch.ones(3)}}
+    torch.save(lightning, tmp_path / "epoch=3.ckpt")
+    torch.save({f"_orig_mod.{k}": v for k, v in _state(None).items()}, tmp_path / "compiled.pt")
+    assert checkpoint_num_classes(tmp_path / "epoch=3.ckpt") == 4  # loss.weight, outside the ViT, is ignored
+    assert checkpoint_num_classes(tmp_path / "compiled.pt") == 0
+
+
+def test_convert_timm_records_the_data_config_and_an_unknown_origin():
+    module = make_timm("vit_base_patch32_clip_224", depth=1)
+    cfg, _ = convert_timm(module)
+    assert cfg.weights_kind == "converted"  # a module handed in: how its weights were made is not known here
+    assert cfg.data_config == {"input_size": (3, 224, 224), "interpolation": "bicubic", "crop_pct": 0.9,
+                               "crop_mode": "center", "mean": cfg.image_mean, "std": cfg.image_std}
+    assert cfg.image_mean == pytest.approx(module.pretrained_cfg["mean"])
+    bare = make_timm("vit_tiny_patch16_224", depth=1)
+    bare.pretrained_cfg = {}  # a VisionTransformer built without timm's registry has no eval config
+    assert convert_timm(bare)[0].data_config is None
