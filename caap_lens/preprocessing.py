@@ -211,8 +211,8 @@ def _pil_images(item: Any, n_channels: int) -> list[Any] | None:
     """The PIL images timm's transform is given for ``item``, or None for float pixels (tensor path)."""
     from PIL import Image
 
-    if n_channels not in (1, 3):
-        raise ValueError(f"timm's transform makes 1- or 3-channel input, the model takes {n_channels} channels")
+    if n_channels not in (1, 3):  # no PIL mode to convert to: the transforms run on the tensor
+        return None
     if _is_pil(item):
         images = [item]
     elif isinstance(item, (np.ndarray, Tensor)) and item.dtype in (np.uint8, torch.uint8):

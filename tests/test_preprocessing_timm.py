@@ -170,3 +170,14 @@ def test_data_config_round_trips_and_is_checked():
         HookedViTConfig.from_dict({**data, "data_config": {**data["data_config"], "input_size": (3, 448, 448)}})
     with pytest.raises(ValueError, match="unknown data_config keys"):
         HookedViTConfig.from_dict({**data, "data_config": {"crop": 0.9}})
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_models_with_other_channel_counts(channels):
+    model = HookedViT.from_timm("vit_tiny_patch16_224", depth=1, in_chans=channels)
+    assert model.cfg.data_config["input_size"] == (channels, 224, 224)
+    array = np.random.default_rng(0).integers(0, 256, (200, 300, channels), dtype=np.uint8)
+    x = model.preprocess(array)  # 1 channel: a PIL "L" image, as timm; 4: the transforms on the tensor
+    assert x.shape == (1, channels, 224, 224) and model(x).shape == (1, 1000)
+    if channels == 1:
+        torch.testing.assert_close(model.preprocess(Image.fromarray(array[..., 0])), x, atol=0, rtol=0)
