@@ -93,14 +93,14 @@ def main() -> None:
     # 1. the map over the image
     result = caap(model, x[:1], target=targets[:1], relative=True)
     start, stop = result.settings["layers"]
-    fig = map_overlay(x[0], result.map[0], model.grid, title=f"CAAP: '{label}', layers [{start}, {stop})",
-                      value_name="effect on logit", size=420, **norm)
+    fig = map_overlay(x[0], result, model.grid, title=f"CAAP: '{label}', layers [{start}, {stop})",
+                      size=420, **norm)  # colour bar "logit − context": white = no effect
     save(fig, out / "map_overlay.png")
 
     # 2. patch effects across depth
     profile = depth_profile(model, x[:1], target=targets[:1], relative=True)
-    fig = depth_heatmap(profile.maps[:, 0], model.grid, k=min(16, model.grid.n_patches),
-                        value_name="effect on logit", title=f"Top patches' effect by layer ('{label}')",
+    fig = depth_heatmap(profile, model.grid, k=min(16, model.grid.n_patches),
+                        title=f"Top patches' effect by layer ('{label}')",
                         height=max(300, 120 + 28 * n_layers), width=760)
     save(fig, out / "depth_heatmap.png")
 
@@ -112,13 +112,13 @@ def main() -> None:
     best = sweep.windows[int(torch.argmax(torch.nan_to_num(scores, nan=-1.0)))]
     shown = list(dict.fromkeys([best] + shown))  # best first, no duplicates (a 1-layer model has one window)
     fig = window_sweep_view(sweep, x[0], model.grid, scores, shown, n_layers=n_layers,
-                            score_name=f"mask AUROC (mean of {n})", value_name="effect on logit",
+                            score_name=f"mask AUROC (mean of {n})",
                             title=f"Window sweep: localisation per window, maps for '{label}'", size=300, **norm)
     save(fig, out / "window_sweep.png")
 
     # 4. per-layer, per-head maps
     heads = caap(model, x[:1], target=targets[:1], heads=True, per_layer=True, layers=(0, n_layers), relative=True)
-    fig = head_grid(heads, model.grid, image=x[0], value_name="effect on logit", opacity=0.75,
+    fig = head_grid(heads, model.grid, image=x[0], opacity=0.75,
                     title=f"Per-head CAAP maps ('{label}')", cell_size=min(120, max(70, 700 // n_layers)), **norm)
     save(fig, out / "head_grid.png")
 
