@@ -9,11 +9,18 @@
 * `head_grid` — per-head maps as a layers × heads grid on one colour scale.
 * `metric_curves` — deletion / insertion curves of several methods, AUC in the legend.
 
+Maps are read against "no effect": given a result (a `CAAPResult`, a depth profile or a window
+sweep) or a map with its ``context_score=``, the map, depth, head and sweep plots draw
+``values="effect"`` by default — the map minus the context run's own score, on a colour scale
+centred at 0, so white is a patch that changes nothing — and ``values="raw"`` draws the patched
+scores as computed; the colour bars say which (``"logit − context"`` or ``"logit (raw)"``). A map
+given alone is drawn as given. `map_grid` draws its maps as given (pass ``result.effect``).
+
 Example:
     >>> from caap_lens.plot import map_overlay
-    >>> fig = map_overlay(x[0], result.map[0], model.grid,  # doctest: +SKIP
+    >>> fig = map_overlay(x[0], result, model.grid,  # doctest: +SKIP
     ...                   mean=model.cfg.image_mean, std=model.cfg.image_std)
-    >>> fig.show()  # doctest: +SKIP
+    >>> fig.show()  # colour bar "logit − context"  # doctest: +SKIP
 """
 
 from caap_lens.plot.classes import top_classes_bar
