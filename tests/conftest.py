@@ -5,6 +5,10 @@ CLS/position tokens), so a parity test on it could pass without the converted pa
 timm model here is perturbed first: ``N(0, 0.02)`` noise on every parameter, layer-scale gammas drawn
 from ``U(0.5, 1.5)``, all from a fixed seed.
 
+Test modules take their small models from ``tiny_vit`` (one per argument set, shared, handed back with
+no hooks), their inputs from ``images_for`` and check for leaked hooks with ``no_hooks_left``
+(TransformerLens's ``list_hooks``), so none keeps its own copy of these.
+
 Max abs differences recorded with the ``record_diff`` fixture are printed as they are measured (shown
 with ``-s``) and listed again in the pytest terminal summary.
 """
