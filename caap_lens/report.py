@@ -572,6 +572,8 @@ def render_html(record: ReportRecord, figures: dict[str, go.Figure], plotly_js: 
     pred = record.top_classes[0] if record.top_classes else None
     pred_text = (f"{e(class_label(pred['index'], record.class_names))}, {AXIS_TITLES[record.activation]} "
                  f"{_fmt(pred['score'])}" if pred else "n/a (headless model)")
+    if pred and model.get("weights_kind") == "random":
+        pred_text += " <b>(random weights: this prediction means nothing)</b>"
     seconds = record.timing.get("seconds", 0.0)
     time_text = f"{seconds:.2f} s for the map ({int(record.timing.get('rows', 0))} patched runs)"
     if prof is not None:

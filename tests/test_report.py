@@ -306,6 +306,7 @@ def test_weights_origin_in_header_and_json_and_random_weights_note(run, monkeypa
     page = path.read_text(encoding="utf-8")
     assert f"<tr><th>Weights</th><td>{line}</td></tr>" in page
     assert "class='note'" in page and "the predictions and the map mean nothing" in page and "an extra note" in page
+    assert "(random weights: this prediction means nothing)" in page
     data = json.loads((path.parent / "map.json").read_text())
     assert data["model"]["weights"] == line and data["model"]["weights_kind"] == "random"
     assert data["notes"] == [RANDOM_WEIGHTS_NOTE, "an extra note"]
