@@ -31,11 +31,14 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/bench_linear_tail.py` finds benchmarks.linear_tail
+    sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from benchmarks.linear_tail import linear_tail  # noqa: E402
 from caap_lens.attribution.engine import caap  # noqa: E402
-from caap_lens.attribution.linear_tail import linear_tail  # noqa: E402
 from caap_lens.stats import spearman  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field")  # data.cat() is chelsea

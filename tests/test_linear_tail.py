@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from caap_lens import HookedViT
-from caap_lens.attribution import linear_tail as lt_module
+from benchmarks import linear_tail as lt_module
 from caap_lens.attribution.contexts import resolve_context
 from caap_lens.attribution.engine import caap
-from caap_lens.attribution.linear_tail import linear_tail, linear_tail_map, tail_gradient
+from benchmarks.linear_tail import linear_tail, linear_tail_map, tail_gradient
 from caap_lens.attribution.runner import finish, run_blocks, source_run
 from caap_lens.attribution.scores import resolve_score, self_similarity
 from caap_lens.patching import patch_from_source, patchable_hook_name, token_mask_for_patches

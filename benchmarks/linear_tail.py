@@ -23,7 +23,8 @@ Cost, in transformer-block evaluations for ``rows = batch × n_patches``:
 It is an approximation, and a poor one for CAAP: a patched token's residual at ``stop`` lies far from
 the context's, outside the expansion's range. On the real DINOv2-S/14 at the default window [4, 8) it
 ranked patches at Spearman 0.38 against exact CAAP at a 1.64x speed-up (``benchmarks/bench_linear_tail.py``,
-docs/benchmarks.md), so it is not a mode of `caap`; it stays here as the measured function.
+docs/benchmarks.md), so it is not a mode of `caap` and not part of the library: it lives with the benchmark that measured it
+(``benchmarks/``), so the result can be reproduced.
 
 Example:
     >>> import torch
