@@ -255,3 +255,13 @@ def test_metric_curves_one_image_and_titles():
         metric_curves(curves, image_index=3)
     with pytest.raises(ValueError):
         metric_curves({})
+
+
+def test_window_sweep_view_fits_a_1400_px_window(sweep, rgb):
+    for k in (1, 3, 5):
+        shown = sweep.windows[:k]
+        assert window_sweep_view(sweep, rgb, GRID, windows_to_show=shown).layout.width <= 1400
+    two = window_sweep_view(sweep, rgb, GRID, windows_to_show=sweep.windows[:2])
+    assert two.layout.height == 360 + 170  # narrow enough: the requested size is kept
+    wide = window_sweep_view(sweep, rgb, GRID, windows_to_show=sweep.windows[:5], max_width=None)
+    assert wide.layout.width > 1400  # the limit, not the layout, keeps it narrow

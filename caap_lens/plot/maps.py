@@ -76,6 +76,9 @@ def map_overlay(
 
     Args:
         image: The image (see `caap_lens.plot.common.image_to_rgb`); of any size: the map is stretched over it.
+            Pass the model input (``model.preprocess(photo)[0]`` with ``mean``/``std``) to show the crop
+            the model saw — timm's eval transform resizes and centre-crops, so the original photo of
+            another aspect would not line up with the patches (the report does this).
         patch_map: A `CAAPResult` of a patch map (its image ``image_index``), or values per patch
             ``[grid_h, grid_w]`` (e.g. ``result.map[0]``).
         grid: The model's `PatchGrid` (``model.grid``).

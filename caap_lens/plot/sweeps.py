@@ -256,6 +256,7 @@ def window_sweep_view(
     grid_color: str = GRID_LINE_COLOR,
     title: str | None = "Window sweep",
     size: int = 360,
+    max_width: int | None = 1400,
 ) -> go.Figure:
     """The per-window score heatmap beside the maps of chosen windows over one image.
 
@@ -285,7 +286,9 @@ def window_sweep_view(
         grid_lines: Draw the patch grid over each map.
         grid_color: Colour of the grid lines.
         title: Figure title.
-        size: Height of the plot row in pixels.
+        size: Height of the plot row in pixels, at most; smaller when the row would be wider than
+            ``max_width``.
+        max_width: Widest figure in pixels (default 1400, a laptop window); None for no limit.
 
     Returns:
         A figure with ``1 + len(windows_to_show)`` subplots: a ``heatmap`` and a ``scatter`` (the marks)
@@ -324,6 +327,8 @@ def window_sweep_view(
     height, width = rgb.shape[:2]
 
     k = len(shown)
+    if max_width is not None:  # the heatmap takes 1.35 map widths, plus 120 px of margins and colour bar
+        size = max(120, min(size, int((max_width - 120) / (1.35 + k))))
     titles = [f"{name} per window"] + [f"{letter}: window [{a}, {b})" for letter, (a, b) in zip(letters, shown)]
     fig = make_subplots(rows=1, cols=1 + k, subplot_titles=titles, horizontal_spacing=0.05,
                         column_widths=[1.35] + [1.0] * k)
