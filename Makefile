@@ -46,7 +46,9 @@ test-fast: install-dev
 test-slow: install-dev
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m slow || [ $$? -eq 5 ]
 
-# The documentation site, warnings as errors (mkdocs.yml sets strict: true as well).
+# The documentation site, warnings as errors (mkdocs.yml sets strict: true as well). Its notebook pages
+# use the copies test-slow executed (build/notebooks/); a missing or stale one is executed by the build
+# itself (docs/notebook_pages.py), so `make docs` alone works too, only slower (~8 min more).
 docs: install-dev
 	$(PYTHON) -m mkdocs build --strict -d site
 
