@@ -123,7 +123,7 @@ def main() -> None:
     save(fig, out / "head_grid.png")
 
     # 5. deletion curves of CAAP and baselines
-    methods = ("caap", "rollout", "gradcam", "integrated_gradients", "occlusion", "attribution_patching")
+    methods = ("caap", "rollout", "token_gradcam", "integrated_gradients", "occlusion", "attribution_patching")
     curves = {m: deletion_curve(model, x, attribute(m, model, x, target=targets).map, targets, steps=16)
               for m in methods}
     fig = metric_curves(curves, title=f"Deletion curves ({n} bundled test scenes)", width=720, height=440)
