@@ -12,7 +12,12 @@ adds the conveniences that need a model or the network.
 * `caap_lens.converters.checkpoint` -- checkpoint files: `checkpoint_num_classes`, `read_checkpoint`,
   `load_checkpoint` (prefixes stripped, a one-line error when it does not fit);
 * `caap_lens.converters.real_dinov2` -- the real DINOv2-S/14 weights: ONNX -> timm state dict, cache;
-* `caap_lens.converters.bundled` -- the models shipped inside caap_lens.
+* `caap_lens.converters.bundled` -- the models shipped inside caap_lens;
+* `caap_lens.converters.hf_models` -- Hugging Face models: `HF_CLASSES`, `convert_hf`, `read_hf_model`
+  (module, saved folder or hub name), with the family converters `caap_lens.converters.hf_vit`
+  (ViT, DeiT, DINOv2) and `caap_lens.converters.hf_clip` (CLIP, SigLIP), the shared key map
+  `caap_lens.converters.hf_keys`, option checks `caap_lens.converters.hf_config` and the image
+  processor `caap_lens.converters.hf_processor`.
 
 Example:
     >>> from caap_lens.converters import convert_timm, create_timm
@@ -28,8 +33,9 @@ from caap_lens.converters.checkpoint import (
     read_checkpoint,
 )
 from caap_lens.converters.families import FAMILIES, FAMILY_EXAMPLES, UnsupportedModelError, detect_family
+from caap_lens.converters.hf_models import HF_CLASSES, convert_hf, hf_class_names, read_hf_model
 from caap_lens.converters.timm_vit import convert_timm, create_timm, imagenet_class_names, key_map, timm_origin
 
-__all__ = ["FAMILIES", "FAMILY_EXAMPLES", "CheckpointMismatchError", "UnsupportedModelError", "checkpoint_num_classes",
-           "convert_timm", "create_timm", "detect_family", "imagenet_class_names", "key_map", "load_checkpoint",
-           "read_checkpoint", "timm_origin"]
+__all__ = ["FAMILIES", "FAMILY_EXAMPLES", "HF_CLASSES", "CheckpointMismatchError", "UnsupportedModelError",
+           "checkpoint_num_classes", "convert_hf", "convert_timm", "create_timm", "detect_family", "hf_class_names",
+           "imagenet_class_names", "key_map", "load_checkpoint", "read_checkpoint", "read_hf_model", "timm_origin"]

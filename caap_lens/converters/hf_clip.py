@@ -1,0 +1,97 @@
+"""Hugging Face CLIP and SigLIP image towers -> `HookedViT` config and state dict.
+
+What the HookedViT output is, per class:
+
+================================  ==========================================================================
+``CLIPVisionModel``               headless: HF's ``pooler_output``, ``post_layernorm`` of the CLS token.
+                                  HF normalises the pooled token only (its ``last_hidden_state`` is not
+                                  normed), so HookedViT has ``final_norm=False, pooled_norm=True``; the
+                                  ``pre_layrnorm`` is ``ln_pre``; the patch projection has no bias (zeros)
+``CLIPVisionModelWithProjection``  the image embeddings: ``visual_projection`` (no bias, zeros) as the head
+``CLIPModel``                     its image tower as ``CLIPVisionModelWithProjection``; the text tower,
+                                  ``text_projection`` and ``logit_scale`` are not converted
+``SiglipForImageClassification``  logits: ``classifier`` on the mean of ``last_hidden_state`` (the
+                                  post-normed tokens; SigLIP has no CLS token). The vision model's
+                                  attention-pool head, if its config has one, is unused there and not
+                                  converted
+``SiglipVisionModel``             with ``vision_use_head=False``: headless, the mean of
+                                  ``last_hidden_state`` (HF gives no pooled output; this is the readout
+                                  ``SiglipForImageClassification`` uses)
+================================  ==========================================================================
+
+``SiglipVisionModel`` with its attention-pool head (``vision_use_head=True``, the released checkpoints)
+raises `UnsupportedModelError`: HookedViT has no attention-pool readout yet, and none is faked.
+
+Example:
+    >>> from caap_lens.converters.hf_config import import_transformers
+    >>> hf = import_transformers()
+    >>> config = hf.CLIPVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    ...                              intermediate_size=64, image_size=16, patch_size=8, projection_dim=8)
+    >>> cfg, state_dict = convert_hf_clip(hf.CLIPVisionModelWithProjection(config))
+    >>> cfg.pre_norm, cfg.final_norm, cfg.pooled_norm, cfg.act_fn, cfg.n_classes
+    (True, False, True, 'quick_gelu', 8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import Tensor, nn
+
+from caap_lens.config import HookedViTConfig
+from caap_lens.converters.hf_config import check_options, hf_base_fields, hf_output_activation, unsupported_hf
+from caap_lens.converters.hf_keys import CLIP_LAYOUT
+from caap_lens.converters.hf_vit import read_hf
+
+__all__ = ["HF_CLIP_CLASSES", "convert_hf_clip"]
+
+#: The classes `convert_hf_clip` converts.
+HF_CLIP_CLASSES = ("CLIPVisionModel", "CLIPVisionModelWithProjection", "CLIPModel", "SiglipVisionModel",
+                   "SiglipForImageClassification")
+_SIGLIP_LAYOUT = dataclasses.replace(CLIP_LAYOUT, cls_token="", pre_norm="")
+
+
+def convert_hf_clip(module: nn.Module, source: str = "") -> tuple[HookedViTConfig, dict[str, Tensor]]:
+    """The `HookedViTConfig` and state dict of an HF CLIP or SigLIP image tower (see the module's table).
+
+    Pure: the module is read, never changed.
+
+    Args:
+        module: One of `HF_CLIP_CLASSES`.
+        source: Recorded as ``cfg.source``; default ``"hf:<class name>"``.
+
+    Raises:
+        UnsupportedModelError: Another class, SigLIP's attention-pool head, or a config option HookedViT
+            cannot run (named).
+    """
+    name = type(module).__name__
+    if name not in HF_CLIP_CLASSES:
+        raise unsupported_hf(f"{name} is not an HF CLIP or SigLIP class convert_hf_clip knows")
+    config = module.config
+    vision = getattr(config, "vision_config", None) or config  # two-tower configs nest the image tower's
+    common = {"source": source or f"hf:{name}", "weights_kind": "converted", **hf_base_fields(vision)}
+    if name.startswith("CLIP"):
+        check_options(vision, ("projection_dim",))
+        prefix = "" if name == "CLIPVisionModel" else "vision_model."
+        head = "" if name == "CLIPVisionModel" else "visual_projection"
+        n_classes = int(module.visual_projection.out_features) if head else 0
+        cfg = HookedViTConfig(**common, family="clip", pre_norm=True, final_norm=False, pooled_norm=True,
+                              n_classes=n_classes, output_activation="logits")
+        not_converted = ("text_model.", "text_projection.", "logit_scale") if name == "CLIPModel" else ()
+        return cfg, read_hf(module, cfg, CLIP_LAYOUT, prefix, head, not_converted=not_converted)
+    check_options(vision, ("vision_use_head",))
+    if name == "SiglipVisionModel":
+        if vision.vision_use_head:
+            raise unsupported_hf(
+                "SiglipVisionModel with vision_use_head=True pools with an attention-pool head (a learned probe "
+                "attending over the tokens); HookedViT has no attention-pool readout, so it cannot be converted. "
+                "A SigLIP tower built with vision_use_head=False, or SiglipForImageClassification, converts")
+        cfg = HookedViTConfig(**common, family="siglip", class_token=False, pooling="avg", n_classes=0,
+                              output_activation="logits")
+        return cfg, read_hf(module, cfg, _SIGLIP_LAYOUT)
+    heads = isinstance(getattr(module, "classifier", None), nn.Linear)
+    n_classes = int(config.num_labels) if heads else 0
+    cfg = HookedViTConfig(**common, family="siglip", class_token=False, pooling="avg", n_classes=n_classes,
+                          output_activation=hf_output_activation(config, n_classes))
+    return cfg, read_hf(module, cfg, _SIGLIP_LAYOUT, "vision_model.", "classifier" if heads else "",
+                        not_converted=("vision_model.head.",))
