@@ -101,6 +101,9 @@ examples:
       every image of a folder (not recursive) and of a quoted glob; <out>/index.html links the reports
   caap-lens explain x.png --model finetuned.safetensors --arch vit_small_patch16_224 --target dog
       a local timm checkpoint (--num-classes is read from the checkpoint if not given)
+  caap-lens explain x.png --model clip_tower.safetensors --arch vit_base_patch16_clip_224 \\
+      --text-model clip_dir/ --prompts "a photo of a dog,a photo of a cat" --target "a photo of a dog"
+      a CLIP image tower (with its projection) against text prompts encoded by a saved CLIPModel
 
 output: <out>/<image stem>/report.html (works offline: it reads <out>/plotly.min.js, one copy per folder),
 map.npy [grid_h, grid_w] (the map as computed), map.json (map, effect, grid, settings, weights, target,
@@ -143,7 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--timm-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model argument, e.g. img_size=64 or pretrained=False (repeatable)")
     a = ex.add_argument_group("attribution")
-    a.add_argument("--target", metavar="CLASS", help="class index or name (default: the predicted class)")
+    a.add_argument("--target", metavar="CLASS", help="class index or name, or a prompt or its index with --prompts "
+                                                     "(default: the predicted class, or the best-matching prompt)")
+    a.add_argument("--prompts", metavar="FILE|A,B,...",
+                   help="text prompts as targets (CLIP zero-shot), for a model that outputs the text tower's embedding "
+                        "space: a text file with one per line, or a comma-separated list; needs --text-model")
+    a.add_argument("--text-model", metavar="DIR",
+                   help="a saved Hugging Face CLIPModel/SiglipModel folder (model and tokenizer) encoding --prompts")
     a.add_argument("--layers", metavar="START:STOP",
                    help="window of blocks patched, e.g. 4:8 (default: the middle third)")
     a.add_argument("--context", default="mean", choices=CONTEXTS, help="neutral context (default: mean)")
@@ -249,6 +258,66 @@ def parse_target(text: str | None, class_names: Sequence[str] | None, n_classes:
     hint = f"; did you mean {', '.join(repr(c) for c in close[:3])}?" if close else ""
     listing = f" (classes: {', '.join(class_names)})" if len(class_names) <= 20 and not close else ""
     raise CLIError(f"unknown class name {text!r}{hint}{listing}")
+
+
+def parse_prompts(text: str) -> list[str]:
+    """``--prompts``: a text file with one prompt per line (blank lines skipped), or a comma-separated list.
+
+    Example:
+        >>> parse_prompts("a photo of a dog, a photo of a cat")
+        ['a photo of a dog', 'a photo of a cat']
+    """
+    p = Path(text)
+    if p.is_file():
+        prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        prompts = [item.strip() for item in text.split(",") if item.strip()]
+    if not prompts:
+        raise CLIError(f"--prompts {text!r} gives no prompts")
+    return prompts
+
+
+def _prompt_target(text: str | None, prompts: Any) -> int | str:
+    """``--target`` with ``--prompts``: ``"predicted"``, a prompt index or a prompt (a `CLIError` listing them)."""
+    if text is None or text == "predicted":
+        return "predicted"
+    if re.fullmatch(r"\s*[+-]?\d+\s*", text):
+        index = int(text)
+        if not 0 <= index < len(prompts):
+            raise CLIError(f"--target {index} is out of range: {len(prompts)} prompts (0..{len(prompts) - 1})")
+        return index
+    try:
+        return prompts.index(text)
+    except ValueError as err:
+        raise CLIError(_one_line(err)) from None
+
+
+def _load_prompts(args: argparse.Namespace, model: Any) -> Any:
+    """The `caap_lens.attribution.prompts.TextPrompts` of ``--prompts``/``--text-model``, or None."""
+    if args.prompts is None and args.text_model is None:
+        return None
+    if args.prompts is None:
+        raise CLIError("--text-model encodes text prompts: give them with --prompts (a file or A,B,...)")
+    if args.text_model is None:
+        raise CLIError("--prompts needs a text tower to encode them: give --text-model DIR, a saved Hugging Face "
+                       "CLIPModel/SiglipModel folder")
+    if args.score != "logit":
+        raise CLIError("with --prompts the score is the cosine similarity to the target prompt: drop --score")
+    from caap_lens.attribution.prompts import TextPrompts
+
+    prompts = parse_prompts(args.prompts)
+    try:
+        text = TextPrompts(prompts, args.text_model)
+    except (OSError, ValueError, TypeError, ImportError) as err:
+        raise CLIError(f"--text-model {args.text_model}: {_one_line(err, 400)}") from None
+    width = model.cfg.n_classes if model.head is not None else model.cfg.d_model
+    if width != text.embeddings.shape[-1]:
+        raise CLIError(
+            f"the model outputs {width}-d vectors but {args.text_model}'s text embeddings are "
+            f"{text.embeddings.shape[-1]}-d: --prompts needs an image model that outputs the text tower's embedding "
+            "space (a CLIP image tower with its projection)"
+        )
+    return text
 
 
 def load_image(path: str | Path) -> Any:
@@ -577,11 +646,16 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     print(f"weights: {getattr(model.cfg, 'weights', None) or weights_kind or 'not recorded'}")
     window = parse_layers(args.layers, n_layers) if args.layers else default_window(n_layers)
     depth_top = parse_depth_patches(args.depth_patches, model.grid.n_patches)
-    headless = model.head is None
-    if headless and (args.target is not None or args.score != "logit"):
+    prompts = _load_prompts(args, model)
+    headless = model.head is None or prompts is not None  # prompts: the output is an embedding, not classes
+    if model.head is None and prompts is None and (args.target is not None or args.score != "logit"):
         raise CLIError("the model is headless (no classifier): it is explained by the similarity of each patched "
-                       "run to the image's own embedding; drop --target and --score")
-    target = None if headless else parse_target(args.target, model.class_names, model.cfg.n_classes)
+                       "run to the image's own embedding (drop --target and --score), or by text prompts "
+                       "(--prompts with --text-model)")
+    if prompts is not None:
+        target = _prompt_target(args.target, prompts)
+    else:
+        target = None if headless else parse_target(args.target, model.class_names, model.cfg.n_classes)
     dtype = torch.bfloat16 if args.bf16 else None
     kind = model.cfg.output_activation if args.probs == "auto" else args.probs
     command = "caap-lens " + shlex.join(list(argv)) if argv else "caap-lens explain"
@@ -606,8 +680,8 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         t_image = time.perf_counter()
         try:
             x = model.preprocess(read())
-            score: Any = args.score
-            if headless:  # which patches restore the image's own embedding (the score needs it first)
+            score: Any = args.score if prompts is None else prompts
+            if prompts is None and headless:  # which patches restore the image's own embedding (needs it first)
                 with torch.inference_mode():
                     score, target = self_similarity(model(x).float()), torch.arange(1)
             common = dict(context=args.context, hook=args.hook, score=score, relative=args.relative,
@@ -619,6 +693,10 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                 profile = depth_profile(model, x, result.targets, patches=patches, **common)
             record = build_record(model, x, result, profile, image_name=name, activation=kind, command=command,
                                   values="raw" if args.raw else "effect", notes=notes)
+            if prompts is not None:  # the target is a prompt; the output is an embedding, not class scores
+                index = int(result.targets[0])
+                record.target = {"index": index, "name": prompts.prompts[index]}
+                record.output, record.top_classes, record.class_names = None, [], None
             path = save_report(record, out)
         except (CLIError, ValueError, TypeError, RuntimeError, OSError) as err:
             if n_total == 1 or getattr(args, "debug", False):
@@ -629,6 +707,10 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             continue
         entries.append(index_entry(record, path, out))
         _summary(i, len(inputs), record, path, time.perf_counter() - t_image)
+        if prompts is not None:
+            sims = prompts.similarities(result.source_output)[0].tolist()
+            print("  prompts:     " + ", ".join(f"{p!r} {v:.3f}" for p, v in zip(prompts.prompts, sims))
+                  + " (cosine similarity)", flush=True)
     if not entries:
         raise CLIError(f"none of the {n_total} images could be explained (each is reported above)")
     index = write_index(out, entries, failures)

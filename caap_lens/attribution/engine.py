@@ -166,7 +166,8 @@ def _patched_scores(
         units = units if units is not None else build_units(model, batch, settings.region, settings.heads)
         layers = sorted({layer for start, stop in windows for layer in range(start, stop)})
         source_out, source = source_run(model, x, {patchable_hook_name(hook, layer) for layer in layers})
-        targets = resolve_targets(model, target, source_out, settings.targets_are_classes)
+        targets = resolve_targets(model, target, source_out, settings.targets_are_classes,
+                                  space=settings.target_space)
         ctx_resid = settings.context.residuals(model, x, list(by_start))
         # the unpatched context run depends on the window's start only, not its stop
         ctx_out = {start: finish(model, ctx_resid[start], start).float().cpu() for start in by_start}

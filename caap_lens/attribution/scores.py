@@ -13,6 +13,8 @@ of each row ``[rows]``. Built-ins, by name:
 * `logit_diff(other)` — target logit minus a fixed other class's logit.
 * `embedding_similarity(embeddings)` — cosine similarity of the output to ``embeddings[target]``
   (score headless backbones, e.g. a CLIP image tower against text embeddings).
+* `caap_lens.attribution.prompts.TextPrompts` — the same similarity to text prompts encoded by a
+  CLIP/SigLIP text tower, whose prompts name the targets (`target_space`).
 
 With ``relative=True`` in `caap`, the context run's own score is subtracted, so 0 means "no effect".
 
@@ -25,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +140,25 @@ def resolve_score(score: ScoreLike) -> Score:
 def score_name(score: ScoreLike) -> str:
     """A readable name for a score."""
     return score if isinstance(score, str) else getattr(score, "__name__", type(score).__name__)
+
+
+def target_space(score: ScoreLike) -> Any:
+    """The score itself when it names its own targets (``target_names``, ``index``, ``predict``), else None.
+
+    Such a score (`caap_lens.attribution.prompts.TextPrompts`) resolves ``target`` names,
+    indices and ``"predicted"`` in place of the model's classes
+    (`caap_lens.attribution.targets.resolve_targets`).
+
+    Example:
+        >>> target_space("logit") is None
+        True
+    """
+    if isinstance(score, str):
+        return None
+    names = getattr(score, "target_names", None)
+    if names is None or not callable(getattr(score, "index", None)) or not callable(getattr(score, "predict", None)):
+        return None
+    return score
 
 
 def scores_index_classes(score: ScoreLike) -> bool:

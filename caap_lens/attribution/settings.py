@@ -31,7 +31,7 @@ from torch import Tensor
 
 from caap_lens.attribution.contexts import resolve_context
 from caap_lens.attribution.runner import Window
-from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes
+from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes, target_space
 from caap_lens.attribution.units import check_heads
 from caap_lens.model.protocol import HookedViTLike
 from caap_lens.patching import resolve_hook
@@ -126,6 +126,9 @@ class CAAPSettings(Mapping):
         model_dtype: The model's dtype when the settings were made (described when ``dtype`` is None).
         targets_are_classes: Every score's target indexes the output classes, so targets are
             range-checked (custom score callables may index something else).
+        target_space: The score that names its own targets (text prompts,
+            `caap_lens.attribution.scores.target_space`), resolving ``target`` in place of the
+            model's classes; None for class scores.
     """
 
     windows: tuple[Window, ...]
@@ -143,6 +146,7 @@ class CAAPSettings(Mapping):
     fwd_hooks: tuple[tuple[Any, Any], ...] = ()
     model_dtype: str = "torch.float32"
     targets_are_classes: bool = True
+    target_space: Any = None
 
     @property
     def score(self) -> str:
@@ -168,6 +172,8 @@ class CAAPSettings(Mapping):
         )
         if self.layers is not None:
             out["per_layer"] = self.per_layer
+        if self.target_space is not None:
+            out["targets"] = list(self.target_space.target_names)
         return out
 
     def __getitem__(self, key: str) -> Any:
@@ -238,6 +244,11 @@ def caap_settings(
     if not named or len({name for name, _ in named}) != len(named):
         # maps are keyed by score name: a repeated name would be lost
         raise ValueError(f"scores need distinct names (set __name__ on callables), got {[n for n, _ in named]}")
+    spaces = [space for space in map(target_space, scores) if space is not None]
+    if any(s is not spaces[0] for s in spaces) or (spaces and len(spaces) != len(scores)):
+        # one target per image: it cannot name a prompt for one score and a class for another
+        raise ValueError("scores that name their own targets (text prompts) cannot be mixed with other scores "
+                         "or other prompts in one run: targets would mean different things")
     return CAAPSettings(
         windows=checked,
         context=resolve_context(context),
@@ -254,4 +265,5 @@ def caap_settings(
         fwd_hooks=check_fwd_hooks(model, fwd_hooks),
         model_dtype=str(getattr(model, "dtype", torch.float32)),
         targets_are_classes=all(scores_index_classes(s) for s in scores),
+        target_space=spaces[0] if spaces else None,
     )

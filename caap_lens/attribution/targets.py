@@ -9,6 +9,10 @@ A headless model (``n_classes=0``) outputs its pooled feature, not class logits:
 built-in scores would index feature channels, so they are refused; score such a model by similarity
 (`caap_lens.attribution.scores`) or with your own callable.
 
+A score that names its own targets (a `TargetSpace`, such as the text prompts of
+`caap_lens.attribution.prompts.TextPrompts`) resolves them instead of the model: names are its
+``target_names``, indices are checked against them, and ``"predicted"`` is its ``predict(output)``.
+
 Example:
     >>> resolve_targets(model, "predicted", source_output)  # doctest: +SKIP
     tensor([3, 7])
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import numbers
 import operator
-from typing import Any, Sequence, Union
+from typing import Any, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
@@ -28,12 +32,32 @@ from caap_lens.model.protocol import HookedViTLike
 TargetLike = Union[str, int, Sequence[Union[int, str]], Tensor]
 
 
+@runtime_checkable
+class TargetSpace(Protocol):
+    """What a score whose targets are not the model's classes tells `resolve_targets`."""
+
+    @property
+    def target_names(self) -> Sequence[str]:
+        """Target ``i`` is ``target_names[i]``."""
+        ...
+
+    def index(self, name: str) -> int:
+        """The index of a name (a ValueError, listing the names, for an unknown one)."""
+        ...
+
+    def predict(self, output: Float[Tensor, "batch n_out"]) -> Int[Tensor, " batch"]:
+        """The best target of each output (``target="predicted"``)."""
+        ...
+
+
 _TARGET_HINT = "a class index (int), a class name, 'predicted', or one of those per image"
 
 
-def _one(model: HookedViTLike, target: Any, n_out: int | None) -> int:
+def _one(model: HookedViTLike, target: Any, n_out: int | None, space: TargetSpace | None = None) -> int:
     if isinstance(target, (bool, type(None))) or type(target).__name__ == "bool_":
         raise ValueError(f"target {target!r} is not a class: give {_TARGET_HINT}")
+    if isinstance(target, str) and space is not None:
+        return space.index(target)
     if isinstance(target, str):
         names = getattr(model, "class_names", None)
         if not names:
@@ -53,7 +77,8 @@ def _one(model: HookedViTLike, target: Any, n_out: int | None) -> int:
     except TypeError:
         raise ValueError(f"target {target!r} is not a class index, name or 'predicted': give {_TARGET_HINT}") from None
     if n_out is not None and not 0 <= index < n_out:
-        raise ValueError(f"target {index} is out of range for {n_out} classes")
+        what = "classes" if space is None else "targets (" + ", ".join(map(repr, space.target_names[:10])) + ")"
+        raise ValueError(f"target {index} is out of range for {n_out} {what}")
     return index
 
 
@@ -62,35 +87,61 @@ def resolve_targets(
     target: TargetLike,
     source_output: Float[Tensor, "batch n_out"],
     check_range: bool = True,
+    *,
+    space: TargetSpace | None = None,
 ) -> Int[Tensor, " batch"]:
-    """One class index per image.
+    """One class (or ``space`` target) index per image.
 
     Args:
         model: The model (for ``class_names``).
         target: See the module docstring.
         source_output: The source run's output ``[batch, n_out]`` (for ``"predicted"`` and range).
         check_range: Check indices against ``n_out`` (off for scores that index something else).
+        space: The score's own targets (`TargetSpace`), which replace the model's classes.
 
     Raises:
         ValueError: unknown name, index out of range, or the wrong number of targets.
+
+    Example:
+        >>> from caap_lens.attribution.prompts import TextPrompts
+        >>> prompts = TextPrompts.from_embeddings(["a dog", "a cat"], torch.eye(2))
+        >>> out = torch.tensor([[0.1, 0.9], [0.8, 0.3]])
+        >>> resolve_targets(None, "predicted", out, space=prompts).tolist()
+        [1, 0]
+        >>> resolve_targets(None, ["a cat", 0], out, space=prompts).tolist()
+        [1, 0]
     """
     batch, n_out = source_output.shape
     limit = n_out if check_range else None
+    if space is not None:
+        limit = len(space.target_names)
+        if isinstance(target, str) and target == "predicted":
+            return space.predict(source_output).long().cpu()
+        return _resolve_each(model, target, batch, limit, space)
     if isinstance(target, str) and target == "predicted":
         if getattr(getattr(model, "cfg", None), "n_classes", None) == 0 and check_range:
             raise ValueError(
                 f"target='predicted' needs class scores, but the model is headless (its output is a {n_out}-d "
-                "embedding): score by similarity instead, e.g. score=self_similarity(model(images)) with "
-                "target=torch.arange(batch) (caap_lens.attribution.scores), or embedding_similarity(text_embeddings)"
+                "embedding): for zero-shot targets pass text prompts as the score, score=TextPrompts(prompts, "
+                "clip_model, tokenizer) (caap_lens.attribution.prompts), then 'predicted' is the best-matching "
+                "prompt; or score by similarity, e.g. score=self_similarity(model(images)) with "
+                "target=torch.arange(batch) (caap_lens.attribution.scores)"
             )
         return source_output.argmax(dim=-1).cpu()
     if getattr(getattr(model, "cfg", None), "n_classes", None) == 0 and check_range:
         raise ValueError(
             f"the model is headless (n_classes=0): its output is the {n_out}-dim pooled feature, not class "
-            f"logits, so target {target!r} would pick a feature channel, not a class; score by similarity "
-            "(score=embedding_similarity(text_embeddings) or self_similarity, caap_lens.attribution.scores) "
-            "or load the model with a head (num_classes=N)"
+            f"logits, so target {target!r} would pick a feature channel, not a class; pass text prompts as "
+            "the score (score=TextPrompts(prompts, clip_model, tokenizer), caap_lens.attribution.prompts; "
+            "targets are then prompts), score by similarity (embedding_similarity or self_similarity, "
+            "caap_lens.attribution.scores) or load the model with a head (num_classes=N)"
         )
+    return _resolve_each(model, target, batch, limit, None)
+
+
+def _resolve_each(
+    model: HookedViTLike, target: TargetLike, batch: int, limit: int | None, space: TargetSpace | None
+) -> Int[Tensor, " batch"]:
     if isinstance(target, Tensor) and target.dtype == torch.bool:
         raise ValueError(f"target is a bool tensor, not class indices: give {_TARGET_HINT}")
     if (
@@ -98,11 +149,12 @@ def resolve_targets(
         or type(target).__name__ == "bool_"
         or (isinstance(target, Tensor) and target.ndim == 0)
     ):
-        return torch.full((batch,), _one(model, target if not isinstance(target, Tensor) else target.item(), limit))
+        one = _one(model, target if not isinstance(target, Tensor) else target.item(), limit, space)
+        return torch.full((batch,), one)
     try:
         items = target.tolist() if isinstance(target, Tensor) else list(target)
     except TypeError:
         raise ValueError(f"target {target!r} is not a class index, name or 'predicted': give {_TARGET_HINT}") from None
     if len(items) != batch:
         raise ValueError(f"got {len(items)} targets for {batch} images: give one per image")
-    return torch.tensor([_one(model, t, limit) for t in items], dtype=torch.long)
+    return torch.tensor([_one(model, t, limit, space) for t in items], dtype=torch.long)
