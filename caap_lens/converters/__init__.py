@@ -33,9 +33,10 @@ from caap_lens.converters.checkpoint import (
     read_checkpoint,
 )
 from caap_lens.converters.families import FAMILIES, FAMILY_EXAMPLES, UnsupportedModelError, detect_family
-from caap_lens.converters.hf_models import HF_CLASSES, convert_hf, hf_class_names, read_hf_model
+from caap_lens.converters.hf_models import HF_CLASSES, convert_hf, hf_checkpoint_hint, hf_class_names, read_hf_model
 from caap_lens.converters.timm_vit import convert_timm, create_timm, imagenet_class_names, key_map, timm_origin
 
 __all__ = ["FAMILIES", "FAMILY_EXAMPLES", "HF_CLASSES", "CheckpointMismatchError", "UnsupportedModelError",
-           "checkpoint_num_classes", "convert_hf", "convert_timm", "create_timm", "detect_family", "hf_class_names",
-           "imagenet_class_names", "key_map", "load_checkpoint", "read_checkpoint", "read_hf_model", "timm_origin"]
+           "checkpoint_num_classes", "convert_hf", "convert_timm", "create_timm", "detect_family", "hf_checkpoint_hint",
+           "hf_class_names", "imagenet_class_names", "key_map", "load_checkpoint", "read_checkpoint", "read_hf_model",
+           "timm_origin"]

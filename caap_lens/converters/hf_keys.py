@@ -33,15 +33,12 @@ __all__ = ["CLIP_LAYOUT", "DINOV2_LAYOUT", "Layout", "VIT_LAYOUT", "assemble", "
 class Layout:
     """Where one HF family keeps each tensor (names relative to the vision backbone).
 
-    Args:
-        patch: The patch projection (a ``Conv2d``).
-        cls_token, dist_token, reg_token: The prefix tokens, in HookedViT's order ("" when absent).
-        pos_embed: The position embedding (a parameter, or an ``nn.Embedding``'s ``.weight``).
-        pre_norm: The norm before block 0 ("" when none).
-        layer: Prefix of block ``{i}``.
-        norm1, q, k, v, o, norm2, fc1, fc2: Names inside a block.
-        ls1, ls2: Layer-scale parameters inside a block ("" when none).
-        final_norm: The norm after the last block.
+    ``patch`` is the patch projection (a ``Conv2d``); ``cls_token``, ``dist_token`` and ``reg_token``
+    the prefix tokens, in HookedViT's order ("" when absent); ``pos_embed`` the position embedding (a
+    parameter, or an ``nn.Embedding``'s ``.weight``); ``pre_norm`` the norm before block 0 ("" when
+    none); ``layer`` the prefix of block ``{i}``, inside which ``norm1``, ``q``, ``k``, ``v``, ``o``,
+    ``norm2``, ``fc1``, ``fc2`` and the layer scales ``ls1``, ``ls2`` ("" when none) are found;
+    ``final_norm`` the norm after the last block.
     """
 
     patch: str
@@ -96,7 +93,8 @@ def key_map(cfg: HookedViTConfig, layout: Layout, prefix: str = "",
         cfg: The converted config; its flags say which tensors exist.
         layout: The family's names.
         prefix: The backbone's prefix in the HF state dict (``"vit."``, ``"vision_model."``, ...).
-        head, head_dist: The classifier(s) (full HF names, no prefix added); used when ``cfg.n_classes``.
+        head: The classifier (its full HF name, no prefix added); used when ``cfg.n_classes``.
+        head_dist: The distillation classifier of a distilled model (full name).
 
     Returns:
         A dict with exactly the keys of ``HookedViT(cfg).state_dict()``. The final norm is read into

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import Any
+from typing import Any, Iterable
 
 from torch import Tensor, nn
 
@@ -36,7 +36,7 @@ from caap_lens.converters.hf_config import import_transformers, unsupported_hf
 from caap_lens.converters.hf_processor import hf_data_config, read_processor_config
 from caap_lens.converters.hf_vit import HF_VIT_CLASSES, convert_hf_vit
 
-__all__ = ["HF_CLASSES", "convert_hf", "hf_class_names", "read_hf_model"]
+__all__ = ["HF_CLASSES", "convert_hf", "hf_checkpoint_hint", "hf_class_names", "read_hf_model"]
 
 #: HF class -> what the converted HookedViT outputs (``model(x)``).
 HF_CLASSES: dict[str, str] = {
@@ -54,6 +54,26 @@ HF_CLASSES: dict[str, str] = {
     "SiglipForImageClassification": "logits (classifier on the mean of last_hidden_state)",
 }
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# a patch projection's name in each HF layout (any prefix): how an HF state dict is recognised
+_HF_PATCH_KEYS = ("embeddings.patch_embeddings.projection.weight", "embeddings.patch_embedding.weight")
+
+
+def hf_checkpoint_hint(keys: Iterable[str]) -> str | None:
+    """A sentence pointing to ``HookedViT.from_hf`` when ``keys`` are a Hugging Face ViT's state dict, else None.
+
+    For loaders of timm checkpoints: an HF ``model.safetensors`` has no timm keys, and this says what to
+    do instead of listing them.
+
+    Example:
+        >>> hf_checkpoint_hint(["vit.embeddings.patch_embeddings.projection.weight"])[:50]
+        'this is a Hugging Face state dict: load its folder'
+        >>> hf_checkpoint_hint(["patch_embed.proj.weight"]) is None
+        True
+    """
+    if not any(key.endswith(_HF_PATCH_KEYS) for key in keys):
+        return None
+    return ("this is a Hugging Face state dict: load its folder (config.json next to model.safetensors) with "
+            "HookedViT.from_hf(folder)")
 
 
 def convert_hf(module: nn.Module, source: str = "") -> tuple[HookedViTConfig, dict[str, Tensor]]:
@@ -96,7 +116,7 @@ def _load(path_or_name: str) -> tuple[nn.Module, str, str]:
     path = os.fspath(path_or_name)
     if os.path.isfile(path):
         folder, file = os.path.split(os.path.abspath(path))
-        if file not in _WEIGHT_FILES or not os.path.isfile(os.path.join(folder, "config.json")):
+        if file not in _WEIGHT_FILES or not os.path.isfile(os.path.join(folder, "config.json")):  # no config
             raise ValueError(
                 f"{path} is a weights file without its Hugging Face config: HookedViT.from_hf needs the model's "
                 f"folder (config.json next to model.safetensors), as model.save_pretrained(folder) writes it. "
