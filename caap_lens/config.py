@@ -2,7 +2,8 @@
 
 A `HookedViTConfig` says everything needed to build `HookedViT` and to map image patches to token
 positions. It also carries the few fields TransformerLens's `ActivationCache` reads
-(``normalization_type``, ``attn_only``, ...), so cache analysis methods work unchanged.
+(``normalization_type``, ``attn_only``, ...) and its patching helpers (``device``,
+``n_key_value_heads``), so those work unchanged.
 
 Example:
     >>> cfg = HookedViTConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, image_size=32,
@@ -136,6 +137,10 @@ class HookedViTConfig:
     normalization_type: str = field(default="LN", init=False)
     attn_only: bool = field(default=False, init=False)
     final_rms: bool = field(default=False, init=False)
+    # Read by TransformerLens's patching helpers (caap_lens.model.tl_surface): the model keeps ``device``
+    # equal to its own device; every head has its own keys and values.
+    device: str = field(default="cpu", init=False, compare=False)
+    n_key_value_heads: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.image_size = _pair(self.image_size, "image_size")

@@ -53,12 +53,13 @@ from caap_lens.grid import PatchGrid
 from caap_lens.model.block import TransformerBlock
 from caap_lens.model.embed import PatchEmbed, PosEmbed
 from caap_lens.model.layer_norm import LayerNorm, has_hooks
+from caap_lens.model.tl_surface import TransformerLensSurface, ViTActivationCache
 from caap_lens.preprocessing import preprocess
 
 ReturnType = Literal["logits", "pooled", None]
 
 
-class HookedViT(HookedRootModule):
+class HookedViT(TransformerLensSurface, HookedRootModule):
     """A hooked ViT (timm's ``VisionTransformer`` layout) built from a `HookedViTConfig`.
 
     Build one from timm with `HookedViT.from_timm`, or the bundled model with
@@ -451,12 +452,15 @@ class HookedViT(HookedRootModule):
     def run_with_cache(self, *model_args: Any, **kwargs: Any) -> tuple[Any, ActivationCache]:  # type: ignore[override]
         """Runs the model and returns ``(output, ActivationCache)``; arguments as in TransformerLens.
 
+        The cache is a `ViTActivationCache` (`caap_lens.model.tl_surface`): TransformerLens's, with
+        ``apply_ln_to_stack`` aware of norms applied after pooling.
+
         Example:
             >>> logits, cache = model.run_with_cache(images, names_filter=lambda n: "resid" in n)  # doctest: +SKIP
         """
         remove_batch_dim = kwargs.get("remove_batch_dim", False)
         out, cache_dict = super().run_with_cache(*model_args, **kwargs)
-        return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return out, ViTActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Compute per-head outputs ``attn.hook_result`` [batch, pos, head, d_model] (slower, as in TL)."""
