@@ -273,3 +273,18 @@ def test_siglip_text_features_normalised(tmp_path):
     assert prompts.embeddings.shape == (len(PROMPTS), ref.shape[-1])
     torch.testing.assert_close(prompts.embeddings, ref / ref.norm(dim=-1, keepdim=True), rtol=0, atol=1e-6)
     assert (prompts.embeddings[0] - prompts.embeddings[1]).abs().max() > 1e-3
+
+
+def test_baselines_and_curves_resolve_predicted_to_the_best_prompt(towers):
+    from caap_lens.baselines import attribute
+    from caap_lens.metrics import deletion_curve
+
+    model, prompts, _ = towers
+    x = _images(3, seed=5)
+    with torch.no_grad():
+        best = prompts.predict(model(x)).tolist()
+    assert attribute("token_gradcam", model, x, "predicted", score=prompts).targets.tolist() == best
+    ig = attribute("integrated_gradients", model, x, "predicted", score=prompts, n_steps=4)
+    assert ig.targets.tolist() == best
+    curve = deletion_curve(model, x, ig.map, "predicted", score=prompts, steps=4)
+    assert curve.targets.tolist() == best

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from caap_lens.attribution.contexts import ImageContext, resolve_context
-from caap_lens.attribution.scores import scores_index_classes, ScoreLike, resolve_score
+from caap_lens.attribution.scores import scores_index_classes, ScoreLike, resolve_score, target_space
 from caap_lens.attribution.targets import resolve_targets
 from caap_lens.model.protocol import HookedViTLike
 from caap_lens.patching import patch_hooks, resolve_hook, token_mask_for_patches
@@ -47,7 +47,7 @@ def caap_naive(
     out = torch.empty(images.shape[0], grid.n_patches)
     with torch.inference_mode():
         source_out, cache = model.run_with_cache(images)
-        targets = resolve_targets(model, target, source_out, scores_index_classes(score))
+        targets = resolve_targets(model, target, source_out, scores_index_classes(score), space=target_space(score))
         if isinstance(ctx, ImageContext):
             ctx_input = ctx.image(model, images).expand(images.shape[0], -1, -1, -1)
         else:

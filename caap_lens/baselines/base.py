@@ -48,7 +48,7 @@ from torch import Tensor
 from caap_lens._deprecation import UNSET
 from caap_lens.attribution.contexts import resolve_context
 from caap_lens.attribution.engine import caap_settings, caap_with, prepare_images
-from caap_lens.attribution.scores import ScoreLike, resolve_score, scores_index_classes
+from caap_lens.attribution.scores import ScoreLike, resolve_score, scores_index_classes, target_space
 from caap_lens.attribution.storage import describe_settings, load_result, save_result
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.grid import PatchGrid
@@ -235,7 +235,8 @@ def attribute(
     else:
         with torch.inference_mode():
             source_output = model(x).float().cpu()
-        targets = resolve_targets(model, target, source_output, scores_index_classes(settings.get("score", "logit")))
+        score = settings.get("score", "logit")
+        targets = resolve_targets(model, target, source_output, scores_index_classes(score), space=target_space(score))
         output = fn(model, x, targets, **options)
         info = dict(output[2]) if len(output) > 2 else {}
         timing = {}

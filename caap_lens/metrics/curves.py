@@ -61,7 +61,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from caap_lens.attribution.contexts import ImageContext, resolve_context
-from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes
+from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes, target_space
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.model.protocol import HookedViTLike
 from caap_lens.stats import MeanCI, mean_ci
@@ -353,7 +353,8 @@ def _run(
     with torch.no_grad():
         clean = model(images)
         by_class = score == "accuracy" or scores_index_classes(score)
-        target_idx = resolve_targets(model, targets, clean, check_range=by_class)
+        target_idx = resolve_targets(model, targets, clean, check_range=by_class,
+                                     space=None if score == "accuracy" else target_space(score))
         ranks = _ranks(order.to(images.device), mode)
         base = substrate_images(model, images, substrate)
         n_points = counts.numel()
