@@ -6,7 +6,9 @@ two outcomes is allowed:
 * the config uses only options HookedViT models, and then the converted model's plain forward equals
   timm's bit for bit, and its cached forward (``run_with_cache``, which materialises attention
   patterns) agrees within 1e-5 relative to the largest logit;
-* the config uses an option HookedViT does not model, and then ``from_timm`` raises
+* the config uses an option HookedViT does not model (attention or no pooling, ``pos_embed='none'``,
+  ``dynamic_img_size=True``, ``qk_norm``, a non-LayerNorm ``norm_layer``, ``block_fn=ResPostBlock``
+  or ``ParallelScalingBlock``, a gated ``mlp_layer``, ...), and then ``from_timm`` raises
   `UnsupportedModelError` whose message names that option.
 
 Which outcome is expected is predicted from the drawn options, so an option that is silently ignored
@@ -29,7 +31,7 @@ from caap_lens.loading.timm_vit import UnsupportedModelError, from_timm  # noqa:
 
 from conftest import get_timm, perturb_  # noqa: E402
 
-N_CONFIGS = 60
+N_CONFIGS = 80
 SUPPORTED_ACTS = ("gelu", "gelu_tanh", "quick_gelu", "relu")
 UNSUPPORTED_ACTS = ("silu",)
 RUN: dict[str, float] = {"configs": 0, "converted": 0, "refused": 0}
@@ -68,17 +70,24 @@ def vit_configs(draw: st.DrawFn) -> dict:
         final_norm=draw(st.booleans()),
         fc_norm=draw(st.sampled_from([None, None, True, False])),
         pool_include_prefix=draw(st.booleans()),
-        dynamic_img_size=draw(st.sampled_from([False, False, True])),
+        dynamic_img_size=draw(st.sampled_from([False] * 7 + [True])),
         act_layer=draw(st.sampled_from(SUPPORTED_ACTS + SUPPORTED_ACTS + UNSUPPORTED_ACTS)),
         # rarely drawn: options HookedViT does not model
         qk_norm=draw(st.sampled_from([False] * 11 + [True])),
         scale_attn_norm=draw(st.sampled_from([False] * 11 + [True])),
         scale_mlp_norm=draw(st.sampled_from([False] * 11 + [True])),
         pos_embed=draw(st.sampled_from(["learn"] * 11 + ["none"])),
+        block_fn=draw(st.sampled_from(["Block"] * 22 + ["ResPostBlock", "ParallelScalingBlock"])),
+        norm_layer=draw(st.sampled_from([None] * 15 + ["rmsnorm"])),
+        mlp_layer=draw(st.sampled_from(["Mlp"] * 15 + ["GluMlp"])),
         # no effect in eval mode
         drop_rate=draw(st.sampled_from([0.0, 0.1])),
         patch_drop_rate=draw(st.sampled_from([0.0, 0.25])),
     )
+    if kwargs["block_fn"] == "ParallelScalingBlock":  # timm builds it without the scale norms only
+        kwargs["scale_attn_norm"] = kwargs["scale_mlp_norm"] = False
+    if kwargs["mlp_layer"] == "GluMlp":  # a gated MLP splits its hidden layer in two halves
+        kwargs["mlp_ratio"] = 2.0
     if distilled:
         kwargs["distilled"] = True
     return kwargs
@@ -100,9 +109,27 @@ def unsupported_options(kwargs: dict) -> set[str]:
         out.add("pos_embed='none'")
     if kwargs["act_layer"] in UNSUPPORTED_ACTS:
         out.add("act_layer")
-    for flag in ("qk_norm", "scale_attn_norm", "scale_mlp_norm"):
+    for flag in ("qk_norm", "scale_attn_norm", "scale_mlp_norm", "dynamic_img_size"):
         if kwargs[flag]:
             out.add(f"{flag}=True")
+    block_fn = getattr(kwargs.get("block_fn"), "__name__", kwargs.get("block_fn")) or "Block"
+    if block_fn != "Block":
+        out.add(f"block_fn={block_fn}")
+    if kwargs.get("norm_layer") == "rmsnorm":
+        out.add("norm_layer")
+    if (getattr(kwargs.get("mlp_layer"), "__name__", kwargs.get("mlp_layer")) or "Mlp") != "Mlp":
+        out.add("mlp_layer")
+    return out
+
+
+def timm_kwargs(kwargs: dict) -> dict:
+    """``kwargs`` with the layer options named by string (``block_fn``, ``mlp_layer``) made timm classes."""
+    timm = get_timm()
+    out = dict(kwargs)
+    if isinstance(out.get("block_fn"), str):
+        out["block_fn"] = getattr(timm.models.vision_transformer, out["block_fn"])
+    if isinstance(out.get("mlp_layer"), str):
+        out["mlp_layer"] = getattr(timm.layers, out["mlp_layer"])
     return out
 
 
@@ -115,7 +142,7 @@ def check_config(kwargs: dict, seed: int = 0) -> str:
         vt = timm.models.deit.VisionTransformerDistilled
     else:
         vt = timm.models.vision_transformer.VisionTransformer
-    model = perturb_(vt(**kwargs).eval(), seed)
+    model = perturb_(vt(**timm_kwargs(kwargs)).eval(), seed)
     expected_refusal = unsupported_options({**kwargs, "distilled": vt.__name__ == "VisionTransformerDistilled"})
     try:
         hooked = from_timm(model)
@@ -175,13 +202,13 @@ def test_fuzz_drew_both_outcomes():
         {"global_pool": "avgmax", "class_token": False, "reg_tokens": 1},
         {"global_pool": "token", "proj_bias": False, "qkv_bias": False},
         {"global_pool": "token", "fc_norm": True},
-        {"global_pool": "avg", "dynamic_img_size": True, "no_embed_class": True, "reg_tokens": 1},
+        {"global_pool": "avg", "no_embed_class": True, "reg_tokens": 1},
         {"global_pool": "token", "in_chans": 1},
         {"global_pool": "token", "in_chans": 4, "mlp_ratio": 0.75},
         {"global_pool": "token", "distilled": True, "num_classes": 0},
         {"global_pool": "token", "distilled": True, "pos_embed": "none"},
     ],
-    ids=["avg_prefix", "max_prefix_reg", "avgmax_nocls", "no_biases", "fc_norm_token", "dynamic",
+    ids=["avg_prefix", "max_prefix_reg", "avgmax_nocls", "no_biases", "fc_norm_token", "no_embed_class_reg",
          "in_chans1", "in_chans4", "distilled_headless", "distilled_pos_embed_none"],
 )
 def test_named_configs_convert_exactly(overrides):

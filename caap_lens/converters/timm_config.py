@@ -3,7 +3,10 @@
 `timm_config` is the one place that decides whether a timm module is convertible. Every constructor
 option of timm's ``VisionTransformer`` is either read into the config (and modelled by `HookedViT`,
 with parity tests), has no effect in eval mode (dropout rates, patch dropout, weight init), or is
-rejected with an `UnsupportedModelError` naming the option, before any weight is read.
+rejected with an `UnsupportedModelError` naming the option, before any weight is read. Refused, with
+the reason in the message: ``dynamic_img_size=True`` (HookedViT's grid is fixed when it is built),
+``block_fn=ResPostBlock`` (post-norm: its norms sit where TransformerLens's ``ln1``/``ln2`` hooks do
+not), attention pooling (``global_pool='map'``, ``'prr'``) and no pooling (``''``).
 
 Example:
     >>> from caap_lens.converters.timm_vit import create_timm
@@ -48,14 +51,26 @@ def _activation(act: nn.Module) -> str:
     )
 
 
+def _block_fn_error(where: str, block: nn.Module):
+    """The refusal of a block that is not timm's pre-norm ``Block``, naming ``block_fn=<its class>``."""
+    name = type(block).__name__
+    why = {
+        "ResPostBlock": "it is post-norm (x + norm1(attn(x)), then x + norm2(mlp(x))): its norms act on the "
+        "attention and MLP outputs, not on their inputs where HookedViT's ln1/ln2 hooks (and TransformerLens's "
+        "folded-norm decompositions) sit, so the hook names would mean something else",
+        "ParallelBlock": "it runs attention and MLP in parallel: there is no resid_mid between them",
+        "ParallelScalingBlock": "it runs attention and MLP in parallel from one fused projection: there is no "
+        "resid_mid between them",
+    }.get(name, "HookedViT models timm's pre-norm Block only")
+    return unsupported(f"{where} is {name} (timm option block_fn={name}), which is not supported: {why}")
+
+
 def _check_blocks(model: nn.Module, eps: float) -> None:
     block0 = model.blocks[0]
     for i, block in enumerate(model.blocks):
         where = f"blocks[{i}]"
         if not is_type(block, "Block"):
-            raise unsupported(
-                f"{where} is {type(block).__name__} (timm option block_fn), expected timm's pre-norm Block"
-            )
+            raise _block_fn_error(where, block)
         attn, mlp = block.attn, block.mlp
         if not is_type(attn, "Attention") or not hasattr(attn, "qkv"):
             raise unsupported(
@@ -121,10 +136,22 @@ def timm_config(model: nn.Module, family: str = "vit", source: str = "") -> Hook
     """
     pool = model.global_pool
     if getattr(model, "attn_pool", None) is not None or pool not in _POOLS:
-        what = "attention pooling" if pool in ("map", "prr") else "no pooling (per-token outputs)" if not pool else "it"
+        what = {
+            "map": "attention pooling, SigLIP's MAP head: HookedViT has no hook points for the pool's own "
+            "attention and MLP",
+            "prr": "attention pooling (a learned query per output): HookedViT has no hook points for it",
+            "": "no pooling: the output is per token, not one vector per image",
+        }.get(pool, "an unknown pooling")
         raise unsupported(
             f"global_pool={pool!r} is not supported ({what}); create the model with "
             f"global_pool={' or '.join(repr(p) for p in _POOLS)}"
+        )
+    if getattr(model, "dynamic_img_size", False):
+        raise unsupported(
+            "dynamic_img_size=True is not supported: HookedViT runs at one image size (its patch grid, "
+            "token count and position embedding are fixed when it is built, and patching maps index that "
+            "grid); create the timm model with dynamic_img_size=False and img_size= the size to run at "
+            "(timm resamples the position embedding when it loads pretrained weights or a checkpoint)"
         )
     if len(model.blocks) == 0:
         raise unsupported("the model has no transformer blocks (timm option depth=0); depth must be >= 1")
@@ -161,9 +188,7 @@ def timm_config(model: nn.Module, family: str = "vit", source: str = "") -> Hook
         raise unsupported(f"position embedding of shape {tuple(model.pos_embed.shape)} does not fit the patch grid")
     block0 = model.blocks[0]
     if not is_type(block0, "Block"):
-        raise unsupported(
-            f"blocks[0] is {type(block0).__name__} (timm option block_fn), expected timm's pre-norm Block"
-        )
+        raise _block_fn_error("blocks[0]", block0)
     norm1 = _layer_norm(block0.norm1, "blocks[0].norm1")
     if norm1 is None:
         raise unsupported("blocks[0].norm1 is Identity (timm option norm_layer), expected LayerNorm")
