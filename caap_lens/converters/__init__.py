@@ -16,8 +16,8 @@ adds the conveniences that need a model or the network.
 * `caap_lens.converters.hf_models` -- Hugging Face models: `HF_CLASSES`, `convert_hf`, `read_hf_model`
   (module, saved folder or hub name), with the family converters `caap_lens.converters.hf_vit`
   (ViT, DeiT, DINOv2) and `caap_lens.converters.hf_clip` (CLIP, SigLIP), the shared key map
-  `caap_lens.converters.hf_keys`, option checks `caap_lens.converters.hf_config` and the image
-  processor `caap_lens.converters.hf_processor`.
+  `caap_lens.converters.hf_keys`, option checks `caap_lens.converters.hf_config`, the image
+  processor `caap_lens.converters.hf_processor` and other image sizes `caap_lens.converters.hf_pos_embed`.
 
 Example:
     >>> from caap_lens.converters import convert_timm, create_timm

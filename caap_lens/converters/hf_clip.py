@@ -14,13 +14,19 @@ What the HookedViT output is, per class:
                                   post-normed tokens; SigLIP has no CLS token). The vision model's
                                   attention-pool head, if its config has one, is unused there and not
                                   converted
-``SiglipVisionModel``             with ``vision_use_head=False``: headless, the mean of
-                                  ``last_hidden_state`` (HF gives no pooled output; this is the readout
+``SiglipVisionModel``             headless: HF's ``pooler_output``, the attention-pool head
+                                  (``vision_use_head=True``, the released checkpoints) as HookedViT's
+                                  ``pooling="map"`` readout (`caap_lens.model.attention_pool`): ``probe``
+                                  is the latent query, ``nn.MultiheadAttention``'s fused input projection
+                                  is split into ``q`` and ``kv``. With ``vision_use_head=False``: the mean
+                                  of ``last_hidden_state`` (HF gives no pooled output; this is the readout
                                   ``SiglipForImageClassification`` uses)
+``SiglipModel``                   its image tower as ``SiglipVisionModel`` (``get_image_features``); the
+                                  text tower, ``logit_scale`` and ``logit_bias`` are not converted
 ================================  ==========================================================================
 
-``SiglipVisionModel`` with its attention-pool head (``vision_use_head=True``, the released checkpoints)
-raises `UnsupportedModelError`: HookedViT has no attention-pool readout yet, and none is faked.
+Where the installed `HookedViTConfig` has no ``pooling="map"``, an attention-pool head raises
+`UnsupportedModelError` saying so; none is faked.
 
 Example:
     >>> from caap_lens.converters.hf_config import import_transformers
@@ -38,6 +44,7 @@ import dataclasses
 
 from torch import Tensor, nn
 
+from caap_lens import config as config_module
 from caap_lens.config import HookedViTConfig
 from caap_lens.converters.hf_config import check_options, hf_base_fields, hf_output_activation, unsupported_hf
 from caap_lens.converters.hf_keys import CLIP_LAYOUT
@@ -47,7 +54,7 @@ __all__ = ["HF_CLIP_CLASSES", "convert_hf_clip"]
 
 #: The classes `convert_hf_clip` converts.
 HF_CLIP_CLASSES = ("CLIPVisionModel", "CLIPVisionModelWithProjection", "CLIPModel", "SiglipVisionModel",
-                   "SiglipForImageClassification")
+                   "SiglipModel", "SiglipForImageClassification")
 _SIGLIP_LAYOUT = dataclasses.replace(CLIP_LAYOUT, cls_token="", pre_norm="")
 
 
@@ -80,18 +87,44 @@ def convert_hf_clip(module: nn.Module, source: str = "") -> tuple[HookedViTConfi
         not_converted = ("text_model.", "text_projection.", "logit_scale") if name == "CLIPModel" else ()
         return cfg, read_hf(module, cfg, CLIP_LAYOUT, prefix, head, not_converted=not_converted)
     check_options(vision, ("vision_use_head",))
-    if name == "SiglipVisionModel":
-        if vision.vision_use_head:
+    if name in ("SiglipVisionModel", "SiglipModel"):
+        prefix = "" if name == "SiglipVisionModel" else "vision_model."
+        not_converted = () if prefix == "" else ("text_model.", "logit_scale", "logit_bias")
+        if not vision.vision_use_head:
+            cfg = HookedViTConfig(**common, family="siglip", class_token=False, pooling="avg", n_classes=0,
+                                  output_activation="logits")
+            return cfg, read_hf(module, cfg, _SIGLIP_LAYOUT, prefix, not_converted=not_converted)
+        if "map" not in getattr(config_module, "POOLINGS", ()):
             raise unsupported_hf(
-                "SiglipVisionModel with vision_use_head=True pools with an attention-pool head (a learned probe "
-                "attending over the tokens); HookedViT has no attention-pool readout, so it cannot be converted. "
+                f"{name} with vision_use_head=True pools with an attention-pool head (a learned probe attending "
+                "over the tokens); this HookedViT has no attention-pool readout, so it cannot be converted. "
                 "A SigLIP tower built with vision_use_head=False, or SiglipForImageClassification, converts")
-        cfg = HookedViTConfig(**common, family="siglip", class_token=False, pooling="avg", n_classes=0,
+        cfg = HookedViTConfig(**common, family="siglip", class_token=False, pooling="map", n_classes=0,
                               output_activation="logits")
-        return cfg, read_hf(module, cfg, _SIGLIP_LAYOUT)
+        state = read_hf(module, cfg, _SIGLIP_LAYOUT, prefix, not_converted=(*not_converted, prefix + "head."))
+        return cfg, {**state, **_attention_pool(module.state_dict(), prefix + "head.", cfg.d_model)}
     heads = isinstance(getattr(module, "classifier", None), nn.Linear)
     n_classes = int(config.num_labels) if heads else 0
     cfg = HookedViTConfig(**common, family="siglip", class_token=False, pooling="avg", n_classes=n_classes,
                           output_activation=hf_output_activation(config, n_classes))
     return cfg, read_hf(module, cfg, _SIGLIP_LAYOUT, "vision_model.", "classifier" if heads else "",
                         not_converted=("vision_model.head.",))
+
+
+def _attention_pool(theirs: dict[str, Tensor], head: str, d_model: int) -> dict[str, Tensor]:
+    """HookedViT's ``attn_pool.*`` tensors from SigLIP's attention-pool head; every head tensor is read."""
+    names = {"attn_pool.latent": "probe", "attn_pool.proj.weight": "attention.out_proj.weight",
+             "attn_pool.proj.bias": "attention.out_proj.bias", "attn_pool.ln.w": "layernorm.weight",
+             "attn_pool.ln.b": "layernorm.bias", "attn_pool.mlp.fc1.weight": "mlp.fc1.weight",
+             "attn_pool.mlp.fc1.bias": "mlp.fc1.bias", "attn_pool.mlp.fc2.weight": "mlp.fc2.weight",
+             "attn_pool.mlp.fc2.bias": "mlp.fc2.bias"}
+    fused = ("attention.in_proj_weight", "attention.in_proj_bias")  # [q; k; v]: q, then the fused kv
+    unread = sorted(k for k in theirs if k.startswith(head) and k[len(head):] not in {*names.values(), *fused})
+    if unread:
+        raise unsupported_hf(f"the attention-pool head has tensors HookedViT does not model: {', '.join(unread)}")
+    out = {ours: theirs[head + name] for ours, name in names.items()}
+    out["attn_pool.latent"] = out["attn_pool.latent"].reshape(1, 1, d_model)
+    w, b = (theirs[head + name] for name in fused)
+    out.update({"attn_pool.q.weight": w[:d_model], "attn_pool.q.bias": b[:d_model],
+                "attn_pool.kv.weight": w[d_model:], "attn_pool.kv.bias": b[d_model:]})
+    return {k: v.detach() for k, v in out.items()}

@@ -33,6 +33,7 @@ from caap_lens.config import HookedViTConfig
 from caap_lens.converters.hf_clip import HF_CLIP_CLASSES, convert_hf_clip
 from caap_lens.converters.hf_config import hf_class_names as _names_from_config
 from caap_lens.converters.hf_config import import_transformers, unsupported_hf
+from caap_lens.converters.hf_pos_embed import resample_pos_embed
 from caap_lens.converters.hf_processor import hf_data_config, read_processor_config
 from caap_lens.converters.hf_vit import HF_VIT_CLASSES, convert_hf_vit
 
@@ -50,7 +51,9 @@ HF_CLASSES: dict[str, str] = {
     "CLIPVisionModel": "pooler_output: post_layernorm of the CLS token (headless)",
     "CLIPVisionModelWithProjection": "image_embeds (the projection is the head)",
     "CLIPModel": "its image tower's image embeds (get_image_features); the text tower is not converted",
-    "SiglipVisionModel": "the mean of last_hidden_state (vision_use_head=False only; headless)",
+    "SiglipVisionModel": "pooler_output: the attention-pool head as pooling='map' (vision_use_head=False: the mean "
+                         "of last_hidden_state); headless",
+    "SiglipModel": "its image tower's pooler_output (get_image_features); the text tower is not converted",
     "SiglipForImageClassification": "logits (classifier on the mean of last_hidden_state)",
 }
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -76,12 +79,20 @@ def hf_checkpoint_hint(keys: Iterable[str]) -> str | None:
             "HookedViT.from_hf(folder)")
 
 
-def convert_hf(module: nn.Module, source: str = "") -> tuple[HookedViTConfig, dict[str, Tensor]]:
+def convert_hf(module: nn.Module, source: str = "",
+               image_size: int | tuple[int, int] | None = None) -> tuple[HookedViTConfig, dict[str, Tensor]]:
     """The `HookedViTConfig` and `HookedViT` state dict of an HF vision model (one of `HF_CLASSES`).
 
     Pure: the module is read, never changed; ``HookedViT(cfg).load_state_dict(state_dict, strict=True)``
     works. The config records no preprocessing (a module carries none; `read_hf_model` adds the
     processor of a saved directory).
+
+    Args:
+        module: The HF model.
+        source: Recorded as ``cfg.source``; default ``"hf:<class name>"``.
+        image_size: Run at this size instead of the config's: the position embedding is resampled as HF
+            does for it (``interpolate_pos_encoding=True``; DINOv2 always), see
+            `caap_lens.converters.hf_pos_embed`.
 
     Raises:
         UnsupportedModelError: Not a supported class, or an option HookedViT cannot run (named).
@@ -96,11 +107,13 @@ def convert_hf(module: nn.Module, source: str = "") -> tuple[HookedViTConfig, di
     """
     name = type(module).__name__
     if name in HF_VIT_CLASSES or name.startswith("Dinov2"):
-        return convert_hf_vit(module, source)
-    if name in HF_CLIP_CLASSES:
-        return convert_hf_clip(module, source)
-    hint = " (a timm model: use HookedViT.from_timm)" if type(module).__module__.startswith("timm") else ""
-    raise unsupported_hf(f"{name} is not a supported Hugging Face vision model{hint}")
+        cfg, state_dict = convert_hf_vit(module, source)
+    elif name in HF_CLIP_CLASSES:
+        cfg, state_dict = convert_hf_clip(module, source)
+    else:
+        hint = " (a timm model: use HookedViT.from_timm)" if type(module).__module__.startswith("timm") else ""
+        raise unsupported_hf(f"{name} is not a supported Hugging Face vision model{hint}")
+    return (cfg, state_dict) if image_size is None else resample_pos_embed(cfg, state_dict, image_size)
 
 
 def hf_class_names(module: nn.Module) -> tuple[str, ...] | None:
@@ -140,14 +153,14 @@ def _load(path_or_name: str) -> tuple[nn.Module, str, str]:
     return module.eval(), "pretrained", f"pretrained: Hugging Face {path_or_name}"
 
 
-def read_hf_model(model_or_path: nn.Module | str | os.PathLike) -> tuple[HookedViTConfig, dict[str, Tensor],
-                                                                        tuple[str, ...] | None]:
+def read_hf_model(model_or_path: nn.Module | str | os.PathLike, image_size: int | tuple[int, int] | None = None,
+                  ) -> tuple[HookedViTConfig, dict[str, Tensor], tuple[str, ...] | None]:
     """``(cfg, state_dict, class_names)`` of an HF module, saved folder, its weights file, or hub name.
 
     For a folder with a ``preprocessor_config.json``, the processor's resize, crop, filter, mean and
     std become ``cfg.data_config`` and ``cfg.image_mean``/``image_std``. When the processor's output
-    size differs from the model's ``image_size`` (HF would interpolate the position embedding), the
-    model's size is kept, with a warning.
+    size differs from the model's (the config's, or ``image_size``; see `convert_hf`), the model's
+    size is kept, with a warning that suggests ``image_size=``.
 
     Raises:
         UnsupportedModelError: The model (or processor) cannot be converted; the message says why.
@@ -155,11 +168,11 @@ def read_hf_model(model_or_path: nn.Module | str | os.PathLike) -> tuple[HookedV
         FileNotFoundError: Neither a folder nor a loadable hub name.
     """
     if isinstance(model_or_path, nn.Module):
-        cfg, state_dict = convert_hf(model_or_path)
+        cfg, state_dict = convert_hf(model_or_path, image_size=image_size)
         cfg = dataclasses.replace(cfg, weights="converted from a Hugging Face module (origin unknown)")
         return cfg, state_dict, _names_from_config(model_or_path.config, cfg.n_classes)
     module, kind, weights = _load(model_or_path)
-    cfg, state_dict = convert_hf(module, source=os.fspath(model_or_path))
+    cfg, state_dict = convert_hf(module, source=os.fspath(model_or_path), image_size=image_size)
     cfg = dataclasses.replace(cfg, weights_kind=kind, weights=weights)
     folder = os.fspath(model_or_path)
     folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder
@@ -168,8 +181,8 @@ def read_hf_model(model_or_path: nn.Module | str | os.PathLike) -> tuple[HookedV
         data: dict[str, Any] = hf_data_config(processor, cfg.n_channels)
         if tuple(data["input_size"][1:]) != cfg.image_size:
             warnings.warn(f"the image processor makes {data['input_size'][1:]} inputs but the model runs at "
-                          f"{cfg.image_size}; HookedViT keeps the model's size (no position-embedding "
-                          "interpolation)", stacklevel=2)
+                          f"{cfg.image_size}; HookedViT keeps the model's size (pass image_size={data['input_size'][1]} "
+                          "to run at the processor's, its position embedding resampled as HF does)", stacklevel=2)
             data["input_size"] = (cfg.n_channels, *cfg.image_size)
         cfg = dataclasses.replace(cfg, image_mean=data["mean"], image_std=data["std"], data_config=data)
     return cfg, state_dict, _names_from_config(module.config, cfg.n_classes)

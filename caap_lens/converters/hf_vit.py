@@ -25,8 +25,9 @@ output is, per class:
 classifier reads the CLS token concatenated with the mean patch token, a readout HookedViT does not
 have; convert the backbone (``model.dinov2``) instead. The masked-image-modelling ``mask_token`` is
 not converted: HF uses it only when a ``bool_masked_pos`` input is given, and HookedViT has none.
-HookedViT runs at the config's ``image_size`` only (no ``interpolate_pos_encoding``); DINOv2 configs
-must be square, since HF interpolates the position embedding of any other input.
+The model runs at the config's ``image_size``; another size (HF's ``interpolate_pos_encoding``) is a
+conversion option (`caap_lens.converters.hf_pos_embed`). DINOv2 configs must be square, since HF
+interpolates the position embedding of any other input.
 
 Example:
     >>> from caap_lens.converters.hf_config import import_transformers
