@@ -44,8 +44,7 @@ import dataclasses
 
 from torch import Tensor, nn
 
-from caap_lens import config as config_module
-from caap_lens.config import HookedViTConfig
+from caap_lens.config import POOLINGS, HookedViTConfig
 from caap_lens.converters.hf_config import check_options, hf_base_fields, hf_output_activation, unsupported_hf
 from caap_lens.converters.hf_keys import CLIP_LAYOUT
 from caap_lens.converters.hf_vit import read_hf
@@ -94,7 +93,7 @@ def convert_hf_clip(module: nn.Module, source: str = "") -> tuple[HookedViTConfi
             cfg = HookedViTConfig(**common, family="siglip", class_token=False, pooling="avg", n_classes=0,
                                   output_activation="logits")
             return cfg, read_hf(module, cfg, _SIGLIP_LAYOUT, prefix, not_converted=not_converted)
-        if "map" not in getattr(config_module, "POOLINGS", ()):
+        if "map" not in POOLINGS:
             raise unsupported_hf(
                 f"{name} with vision_use_head=True pools with an attention-pool head (a learned probe attending "
                 "over the tokens); this HookedViT has no attention-pool readout, so it cannot be converted. "
