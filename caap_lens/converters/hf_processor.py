@@ -5,7 +5,8 @@ transform (which `caap_lens.preprocessing` runs on ``cfg.data_config``) does the
 arguments:
 
 * ``size={"height", "width"}`` (resize without keeping the aspect ratio) -> ``crop_mode="squash"``;
-  ``size={"shortest_edge"}`` -> ``crop_mode="center"``;
+  ``size={"shortest_edge"}`` -> ``crop_mode="center"`` (an old-style int ``size`` is either, as HF reads it
+  for that processor);
 * a centre crop of ``crop_size`` -> ``crop_pct = crop / resize`` (1.0 without a crop);
 * ``resample`` (a PIL filter number) -> ``interpolation``; ``image_mean``/``image_std`` -> ``mean``/``std``
   (0 and 1 with ``do_normalize=False``).
@@ -16,6 +17,8 @@ images), not HF's own code, so pixels can differ slightly from HF's processor ou
 geometry, filter, mean and std are the processor's.
 
 Example:
+    >>> hf_data_config({"size": 32, "resample": 2})["crop_mode"]  # an int size: square for most processors
+    'squash'
     >>> hf_data_config({"do_resize": True, "size": {"shortest_edge": 256}, "do_center_crop": True,
     ...                 "crop_size": {"height": 224, "width": 224}, "resample": 3, "do_rescale": True,
     ...                 "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3,
@@ -36,6 +39,7 @@ __all__ = ["PROCESSOR_FILE", "hf_data_config", "read_processor_config"]
 
 #: The file a saved HF model directory keeps its image processor's settings in.
 PROCESSOR_FILE = "preprocessor_config.json"
+_SHORT_SIDE = ("CLIP", "Bit", "ConvNext")  # processors whose int ``size`` is the shortest edge (HF's default_to_square=False)
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 # keys that describe the processor rather than the pixels, or that leave RGB images unchanged
 _IGNORED = {"image_processor_type", "processor_class", "feature_extractor_type", "do_convert_rgb",
@@ -80,6 +84,8 @@ def hf_data_config(processor: Mapping[str, Any], n_channels: int = 3) -> dict[st
     if not p.get("do_resize", True):
         raise unsupported_hf("image processor do_resize=False: HookedViT needs a fixed input size")
     size = _size(p.get("size"), "size")
+    if isinstance(p.get("size"), int) and not str(p.get("image_processor_type", "")).startswith(_SHORT_SIDE):
+        size = (size, size)  # an old-style int size: square, except for the processors that resize the short side
     crop = _size(p["crop_size"], "crop_size") if p.get("do_center_crop") else None
     if isinstance(crop, int):
         crop = (crop, crop)
