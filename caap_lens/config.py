@@ -18,8 +18,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Pooling = Literal["token", "avg", "max", "avgmax", "token_dist"]
-POOLINGS = ("token", "avg", "max", "avgmax", "token_dist")
+Pooling = Literal["token", "avg", "max", "avgmax", "token_dist", "map"]
+POOLINGS = ("token", "avg", "max", "avgmax", "token_dist", "map")
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
 OutputActivation = Literal["softmax", "sigmoid", "logits"]
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "logits")
@@ -71,8 +71,10 @@ class HookedViTConfig:
             ``not no_embed_class``); False in DeiT3 and DINOv2-with-registers.
         pooling: ``"token"`` (CLS), ``"avg"`` (mean of patch tokens), ``"max"`` (their elementwise
             max), ``"avgmax"`` (half the sum of mean and max, as timm), or ``"token_dist"``
-            (mean of the CLS and distillation heads' logits, DeiT distilled at inference).
-        pool_include_prefix: ``"avg"``/``"max"``/``"avgmax"`` pool over the prefix tokens too
+            (mean of the CLS and distillation heads' logits, DeiT distilled at inference), or
+            ``"map"`` (attention pooling: a learned query attends over the pooled tokens, then an MLP;
+            SigLIP, timm's ``global_pool='map'``; `caap_lens.model.attention_pool`).
+        pool_include_prefix: ``"avg"``/``"max"``/``"avgmax"``/``"map"`` pool over the prefix tokens too
             (timm's ``pool_include_prefix=True``), not the patch tokens only.
         pre_norm: LayerNorm on the embeddings before block 0 (CLIP image towers).
         final_norm: LayerNorm on every token after the last block.
@@ -239,7 +241,8 @@ class HookedViTConfig:
 
         ``(0,)`` for CLS pooling; ``(0, 1)`` for a distilled model (its CLS and distillation heads
         are averaged); for the pooling over tokens (``"avg"``, ``"max"``, ``"avgmax"``) every patch
-        token, and the prefix tokens too with ``pool_include_prefix``. Methods that read "the
+        token, and the prefix tokens too with ``pool_include_prefix``; the same tokens for ``"map"``
+        (whose actual weights are the pool's attention pattern, ``attn_pool.hook_pattern``). Methods that read "the
         readout token's" attention or gradient (`caap_lens.baselines.attention`) average over these
         rows, with equal weights (exact for ``"avg"`` and ``"token_dist"``).
         """

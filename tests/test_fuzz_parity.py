@@ -103,7 +103,7 @@ def unsupported_options(kwargs: dict) -> set[str]:
             out.add("no_embed_class=True")
         if kwargs["fc_norm"]:
             out.add("fc_norm")
-    if kwargs["global_pool"] in ("", "map", "prr"):
+    if kwargs["global_pool"] in ("", "prr"):
         out.add(f"global_pool={kwargs['global_pool']!r}")
     if kwargs["pos_embed"] == "none" and not kwargs.get("distilled"):  # the distilled model makes its own
         out.add("pos_embed='none'")
@@ -207,9 +207,12 @@ def test_fuzz_drew_both_outcomes():
         {"global_pool": "token", "in_chans": 4, "mlp_ratio": 0.75},
         {"global_pool": "token", "distilled": True, "num_classes": 0},
         {"global_pool": "token", "distilled": True, "pos_embed": "none"},
+        {"global_pool": "map", "reg_tokens": 1, "num_classes": 0},
+        {"global_pool": "map", "class_token": False, "fc_norm": True, "act_layer": "quick_gelu"},
     ],
     ids=["avg_prefix", "max_prefix_reg", "avgmax_nocls", "no_biases", "fc_norm_token", "no_embed_class_reg",
-         "in_chans1", "in_chans4", "distilled_headless", "distilled_pos_embed_none"],
+         "in_chans1", "in_chans4", "distilled_headless", "distilled_pos_embed_none",
+         "map_reg_headless", "map_fc_norm"],
 )
 def test_named_configs_convert_exactly(overrides):
     """Fixed configs for options the probe found broken or that the fuzz might draw rarely."""

@@ -36,10 +36,10 @@ def test_family_tables_agree():
         ("resnet18", {}, "ResNet is not a timm VisionTransformer"),
         ("vit_tiny_patch16_224", {"qk_norm": True, "depth": 2}, "q_norm"),
         ("vit_tiny_patch16_224", {"global_pool": "", "depth": 2}, "global_pool=''"),
-        ("vit_tiny_patch16_224", {"global_pool": "map", "depth": 2}, "global_pool='map'"),
+        ("vit_tiny_patch16_224", {"global_pool": "prr", "depth": 2}, "global_pool='prr'"),
         ("no_such_vit_model_xyz", {}, "timm has no model named 'no_such_vit_model_xyz'"),
     ],
-    ids=["resnet18", "qk_norm", "global_pool_empty", "global_pool_map", "unknown_name"],
+    ids=["resnet18", "qk_norm", "global_pool_empty", "global_pool_prr", "unknown_name"],
 )
 def test_unsupported_models(name, kwargs, reason):
     with pytest.raises(UnsupportedModelError) as info:

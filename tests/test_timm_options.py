@@ -4,8 +4,9 @@ Converted (parity with timm in fp32, atol 1e-5, on the output and every residual
 cached forward, by `test_parity_timm._check_parity`): ``in_chans`` 1 and 4 (with one mean/std value
 per channel), register tokens (``reg_tokens=``) on every family that timm builds with them, with and
 without ``no_embed_class``. Refused with an `UnsupportedModelError` that names the option and says
-why: ``block_fn=ResPostBlock`` (post-norm), ``dynamic_img_size=True`` and attention pooling
-(``global_pool='map'``, SigLIP). The max abs differences are listed in the pytest summary.
+why: ``block_fn=ResPostBlock`` (post-norm), ``dynamic_img_size=True`` and ``global_pool='prr'``.
+SigLIP's attention pool (``global_pool='map'``) converts with parity, its hook points checked against
+the pool's own attention. The max abs differences are listed in the pytest summary.
 """
 
 from __future__ import annotations
@@ -76,9 +77,46 @@ def test_dynamic_img_size_is_refused_with_what_to_do():
     assert HookedViT.from_timm("vit_tiny_patch16_224", depth=1, dynamic_img_size=False).cfg.n_layers == 1
 
 
-def test_siglip_attention_pool_is_refused_naming_global_pool_map():
-    with pytest.raises(UnsupportedModelError, match=r"global_pool='map'.*attention pooling"):
-        HookedViT.from_timm("vit_base_patch16_siglip_224", depth=1)
+@pytest.mark.parametrize("kwargs", [{}, {"num_classes": 7}, {"reg_tokens": 2, "class_token": True},
+                                    {"fc_norm": True, "num_classes": 3}],
+                         ids=["headless", "head", "prefix_tokens", "fc_norm"])
+def test_siglip_attention_pool_converts_with_parity(kwargs, record_diff):
+    timm_model = make_timm("vit_base_patch16_siglip_224", img_size=64, **kwargs)
+    assert timm_model.global_pool == "map"
+    model = HookedViT.from_timm(timm_model)
+    assert model.cfg.pooling == "map" and model.attn_pool is not None
+    _check_parity(timm_model, model, images_for(model), f"siglip map {kwargs}", record_diff)
+
+
+def test_attention_pool_hooks_are_the_pools_own_attention():
+    """``attn_pool.hook_pattern`` is the pool's softmax over the patch tokens, recomputed from timm's
+    modules, and patching it changes the output (its return value is used)."""
+    timm_model = make_timm("vit_base_patch16_siglip_224", img_size=64, reg_tokens=1, class_token=True,
+                           num_classes=5)
+    model = HookedViT.from_timm(timm_model)
+    x = images_for(model)
+    _, cache = model.run_with_cache(x)
+    pattern = cache["attn_pool.hook_pattern"]  # [batch, head, 1, patches]
+    heads, patches = model.cfg.n_heads, model.cfg.n_patches
+    assert pattern.shape == (2, heads, 1, patches)
+    pool = timm_model.attn_pool
+    with torch.no_grad():
+        tokens = timm_model.forward_features(x)[:, timm_model.num_prefix_tokens:]
+        q = pool.q(pool.latent).reshape(1, heads, 1, -1)
+        k = pool.kv(tokens)[..., : model.cfg.d_model].reshape(2, patches, heads, -1).transpose(1, 2)
+        expected = ((q * pool.scale) @ k.transpose(-2, -1)).softmax(-1)
+    torch.testing.assert_close(pattern, expected, atol=1e-6, rtol=0)
+    assert {"attn_pool.hook_q", "attn_pool.hook_z", "attn_pool.hook_attn_out", "attn_pool.mlp.hook_post",
+            "attn_pool.hook_mlp_out"} <= set(cache.cache_dict)
+    uniform = model.run_with_hooks(x, fwd_hooks=[("attn_pool.hook_pattern", lambda p, hook: torch.ones_like(p) / patches)])
+    assert (uniform - model(x)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="attention-pooled"):  # no residual direction through the pool
+        model.tokens_to_residual_directions(0)
+
+
+def test_prr_pool_is_refused_naming_global_pool():
+    with pytest.raises(UnsupportedModelError, match=r"global_pool='prr'"):
+        HookedViT.from_timm("vit_tiny_patch16_224", depth=1, global_pool="prr")
 
 
 def test_siglip_with_mean_pooling_converts(record_diff):

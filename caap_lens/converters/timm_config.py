@@ -6,7 +6,8 @@ with parity tests), has no effect in eval mode (dropout rates, patch dropout, we
 rejected with an `UnsupportedModelError` naming the option, before any weight is read. Refused, with
 the reason in the message: ``dynamic_img_size=True`` (HookedViT's grid is fixed when it is built),
 ``block_fn=ResPostBlock`` (post-norm: its norms sit where TransformerLens's ``ln1``/``ln2`` hooks do
-not), attention pooling (``global_pool='map'``, ``'prr'``) and no pooling (``''``).
+not), ``global_pool='prr'`` and no pooling (``''``). ``global_pool='map'`` (SigLIP's attention pool)
+is modelled by `caap_lens.model.attention_pool`.
 
 Example:
     >>> from caap_lens.converters.timm_vit import create_timm
@@ -20,7 +21,7 @@ from __future__ import annotations
 from torch import nn
 
 from caap_lens.config import HookedViTConfig
-from caap_lens.converters.families import is_type, unsupported
+from caap_lens.converters.families import UnsupportedModelError, is_type, unsupported
 
 __all__ = ["timm_config"]
 
@@ -120,6 +121,37 @@ def _check_blocks(model: nn.Module, eps: float) -> None:
 _POOLS = ("token", "avg", "max", "avgmax")
 
 
+def _check_attn_pool(model: nn.Module) -> None:
+    """Refuses a ``global_pool='map'`` pool unless it is the form `HookedViT`'s ``AttentionPool`` holds."""
+    pool, block0 = getattr(model, "attn_pool", None), model.blocks[0] if len(model.blocks) else None
+
+    def refuse(what: str) -> UnsupportedModelError:
+        return unsupported(f"global_pool='map' with {what} is not supported: HookedViT's attention pool is "
+                           "timm's AttentionPoolLatent as VisionTransformer builds it (one latent query, "
+                           "q/kv/proj with biases, LayerNorm + MLP of the blocks' width and activation)")
+
+    if not is_type(pool, "AttentionPoolLatent"):
+        raise refuse(f"attn_pool {type(pool).__name__}")
+    if block0 is None or not (is_type(block0, "Block") and is_type(block0.mlp, "Mlp")):
+        return  # depth=0, block_fn and mlp_layer are refused next, with their own messages
+    if pool.latent.shape[1] != 1 or pool.pool != "token" or pool.pos_embed is not None:
+        raise refuse("several latents, pool_type or a position embedding in the pool")
+    if pool.num_heads != block0.attn.num_heads or pool.head_dim * pool.num_heads != model.embed_dim:
+        raise refuse("another head count than the blocks'")
+    linears = (pool.q, pool.kv, pool.proj, getattr(pool.mlp, "fc1", None), getattr(pool.mlp, "fc2", None))
+    if not all(isinstance(m, nn.Linear) and m.bias is not None for m in linears):
+        raise refuse("a pool without query projection, MLP or biases")
+    if not (is_type(pool.q_norm, "Identity") and is_type(pool.k_norm, "Identity")):
+        raise refuse("q_norm/k_norm in the pool")
+    if pool.mlp.fc1.out_features != block0.mlp.fc1.out_features or not is_type(pool.mlp.norm, "Identity"):
+        raise refuse("an MLP width other than the blocks'")
+    if _activation(pool.mlp.act) != _activation(block0.mlp.act):
+        raise refuse("an MLP activation other than the blocks'")
+    norm = _layer_norm(pool.norm, "attn_pool.norm")
+    if norm is None or norm.eps != _layer_norm(block0.norm1, "blocks[0].norm1").eps:
+        raise refuse("a pool norm other than the blocks' LayerNorm")
+
+
 def timm_config(model: nn.Module, family: str = "vit", source: str = "") -> HookedViTConfig:
     """The `HookedViTConfig` of a timm ``VisionTransformer``, after checking the structure it relies on.
 
@@ -135,16 +167,17 @@ def timm_config(model: nn.Module, family: str = "vit", source: str = "") -> Hook
             names the timm option and lists the supported families.
     """
     pool = model.global_pool
-    if getattr(model, "attn_pool", None) is not None or pool not in _POOLS:
+    if pool == "map":
+        _check_attn_pool(model)
+    elif getattr(model, "attn_pool", None) is not None or pool not in _POOLS:
         what = {
-            "map": "attention pooling, SigLIP's MAP head: HookedViT has no hook points for the pool's own "
-            "attention and MLP",
-            "prr": "attention pooling (a learned query per output): HookedViT has no hook points for it",
+            "prr": "attention pooling with one learned query per output token (AttentionPoolPrr): HookedViT "
+            "models global_pool='map' only",
             "": "no pooling: the output is per token, not one vector per image",
         }.get(pool, "an unknown pooling")
         raise unsupported(
             f"global_pool={pool!r} is not supported ({what}); create the model with "
-            f"global_pool={' or '.join(repr(p) for p in _POOLS)}"
+            f"global_pool={' or '.join(repr(p) for p in _POOLS + ('map',))}"
         )
     if getattr(model, "dynamic_img_size", False):
         raise unsupported(
@@ -228,7 +261,7 @@ def timm_config(model: nn.Module, family: str = "vit", source: str = "") -> Hook
         distilled=distilled,
         pos_embed_on_prefix=not model.no_embed_class,
         pooling=pooling,
-        pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)) and pooling not in ("token", "token_dist"),
+        pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)) and pooling in (*_POOLS[1:], "map"),
         pre_norm=norms["norm_pre"] is not None,
         final_norm=norms["norm"] is not None,
         pooled_norm=norms["fc_norm"] is not None,

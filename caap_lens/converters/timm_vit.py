@@ -79,6 +79,11 @@ def key_map(cfg: HookedViTConfig) -> dict[str, str]:
             keys[f"{block}.mlp.layer_scale"] = f"{block}.ls2.gamma"
     if cfg.final_norm:
         norm("ln_final", "norm")
+    if cfg.pooling == "map":
+        keys["attn_pool.latent"] = "attn_pool.latent"
+        for ours, theirs in (("q", "q"), ("kv", "kv"), ("proj", "proj"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+            linear(f"attn_pool.{ours}", f"attn_pool.{theirs}", True)
+        norm("attn_pool.ln", "attn_pool.norm")
     if cfg.pooled_norm:
         norm("ln_pooled", "fc_norm")
     if cfg.n_classes:

@@ -20,6 +20,7 @@ Hook points (shapes per hook):
     blocks.{l}.mlp.hook_pre/post [batch, pos, d_mlp]
     ln_final.hook_scale/normalized  final norm over all tokens
     hook_pooled                 [batch, d_model]  (hook_pooled_dist for distilled models)
+    attn_pool.hook_*            attention-pool readout (pooling="map", SigLIP): q/k/v/pattern/z, MLP
     ln_pooled.hook_*            norm after pooling (timm's fc_norm), when the model has one
     hook_logits                 [batch, n_classes] (the pooled feature for headless models)
 
@@ -50,6 +51,7 @@ from transformer_lens.hook_points import HookPoint
 from caap_lens import converters
 from caap_lens.config import HookedViTConfig
 from caap_lens.grid import PatchGrid
+from caap_lens.model.attention_pool import AttentionPool
 from caap_lens.model.block import TransformerBlock
 from caap_lens.model.embed import PatchEmbed, PosEmbed
 from caap_lens.model.layer_norm import LayerNorm, has_hooks
@@ -85,6 +87,9 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
             for _ in range(cfg.n_layers)
         )
         self.ln_final = LayerNorm(d, cfg.eps) if cfg.final_norm else None
+        self.attn_pool = (  # pooling="map": attention pooling (SigLIP)
+            AttentionPool(d, cfg.n_heads, cfg.d_mlp, cfg.act_fn, cfg.eps) if cfg.pooling == "map" else None
+        )
         self.hook_pooled = HookPoint()  # [batch, d_model]
         self.hook_pooled_dist = HookPoint() if cfg.distilled else None  # [batch, d_model]
         self.ln_pooled = LayerNorm(d, cfg.eps) if cfg.pooled_norm else None
@@ -353,6 +358,8 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
         kind = self.cfg.pooling
         if kind in ("token", "token_dist"):
             pooled = normed[:, 0]
+        elif kind == "map":  # a learned query attends over the patch tokens (`caap_lens.model.attention_pool`)
+            pooled = self.attn_pool(normed if self.cfg.pool_include_prefix else normed[:, self.cfg.n_prefix_tokens :])
         else:  # reduce over the patch tokens (and the prefix tokens with pool_include_prefix), as timm
             tokens = normed if self.cfg.pool_include_prefix else normed[:, self.cfg.n_prefix_tokens :]
             if kind == "avg":

@@ -241,8 +241,8 @@ class TransformerLensSurface:
 
         Raises:
             ValueError: on a headless model (no classes: project onto your own direction instead),
-                on a distilled model with two heads (each reads a different token), or on a class
-                outside the head.
+                on a distilled model with two heads (each reads a different token), on an
+                attention-pooled model (``pooling="map"``), or on a class outside the head.
 
         Example:
             >>> from caap_lens import HookedViT, HookedViTConfig
@@ -262,6 +262,12 @@ class TransformerLensSurface:
                 "distilled model: its output averages two heads that read two tokens (CLS and distillation), "
                 "so a class has no single residual direction; use model.head.weight[c] at token 0 and "
                 "model.head_dist.weight[c] at token 1"
+            )
+        if getattr(self, "attn_pool", None) is not None:
+            raise ValueError(
+                "attention-pooled model (pooling='map'): the head reads the pool's output, a non-linear function "
+                "(attention, then an MLP) of the tokens, so a class has no residual-stream direction; "
+                "model.head.weight[c] is its direction in the pooled feature (hook_pooled)"
             )
         directions = head.weight  # [n_classes, d_model]
         norm = self._final_norm_for_readout() if fold_norm else None
