@@ -217,6 +217,25 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
         return cls.from_state_dict(cfg, state_dict, class_names=class_names)
 
     @classmethod
+    def from_hf(cls, model_or_path: Any, class_names: Sequence[str] | None = None,
+                image_size: int | tuple[int, int] | None = None) -> "HookedViT":
+        """Converts a Hugging Face ViT, DeiT, DINOv2, CLIP or SigLIP model: a module, a folder written by
+        ``save_pretrained`` (offline; its image processor becomes ``cfg.data_config``), its
+        ``model.safetensors``, or a hub name. What each class outputs: `caap_lens.converters.HF_CLASSES`;
+        ``image_size`` runs it at another size (position embedding resampled as HF does).
+
+        Example:
+            >>> from caap_lens.converters.hf_config import import_transformers
+            >>> hf = import_transformers()
+            >>> config = hf.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            ...                          image_size=28, patch_size=14)
+            >>> HookedViT.from_hf(hf.Dinov2Model(config)).cfg.grid_size
+            (2, 2)
+        """
+        cfg, state_dict, names = converters.read_hf_model(model_or_path, image_size=image_size)
+        return cls.from_state_dict(cfg, state_dict, class_names=class_names if class_names is not None else names)
+
+    @classmethod
     def from_pretrained(cls, name: str, **kwargs: Any) -> "HookedViT":
         """Loads a model bundled with caap_lens by name, offline (see `caap_lens.converters.bundled`).
 
