@@ -144,3 +144,14 @@ def test_attnlrp_changes_no_forward_value_and_leaves_nothing_behind():
     assert result.pixels.shape == (2, 32, 32) and torch.isfinite(result.map).all()
     with pytest.raises(ValueError, match="softmax"):
         attribute("attnlrp", model, x, [0, 1], softmax="none")
+
+
+def test_attnlrp_refuses_the_attention_pool_readout():
+    from conftest import images_for, tiny_vit
+
+    from caap_lens.baselines import attribute
+
+    model = tiny_vit(seed=4, depth=2, img_size=32, patch_size=8, global_pool="map", class_token=False)
+    assert model.cfg.pooling == "map"
+    with pytest.raises(ValueError, match="no rule here for the attention-pool readout"):
+        attribute("attnlrp", model, images_for(model, 1), 0)

@@ -111,3 +111,13 @@ def test_from_pretrained_points_timm_names_and_files_to_from_timm():
         HookedViT.from_pretrained("my_finetune.safetensors")
     with pytest.raises(ValueError, match="no bundled model named 'nonsense'.*from_timm"):
         HookedViT.from_pretrained("nonsense")
+
+
+def test_a_hugging_face_state_dict_points_to_from_hf(tmp_path):
+    state = {"vit.embeddings.patch_embeddings.projection.weight": torch.zeros(4, 3, 16, 16),
+             "classifier.weight": torch.zeros(3, 4)}
+    path = _save(state, tmp_path / "model.pth")
+    with pytest.raises(ValueError, match=r"holds no ViT .*Hugging Face state dict.*HookedViT.from_hf"):
+        HookedViT.from_timm(ARCH, checkpoint_path=str(path), depth=2)
+    with pytest.raises(CheckpointMismatchError, match="Hugging Face state dict"):
+        HookedViT.from_timm(ARCH, checkpoint_path=str(path), depth=2, num_classes=3)

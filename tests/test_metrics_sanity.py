@@ -71,3 +71,13 @@ def test_undefined_correlations_are_counted(vit):
     report = randomisation_check(flat_on_random_models, vit, x, "predicted", start_layers=[0], seeds=[0, 1])
     assert report["n_undefined"].tolist() == [6] and report["n_images"].tolist() == [0]
     assert report["mean_spearman"].isnan().all()
+
+
+def test_randomising_the_head_reinitialises_the_attention_pool():
+    model = tiny_vit(seed=5, depth=2, img_size=32, patch_size=8, global_pool="map", class_token=False)
+    same = randomise_layers(model, 2, seed=0, head=False)
+    fresh = randomise_layers(model, 2, seed=0, head=True)
+    before = dict(model.attn_pool.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in same.attn_pool.named_parameters())
+    changed = [n for n, p in fresh.attn_pool.named_parameters() if not torch.equal(p, before[n])]
+    assert "latent" in " ".join(changed) or len(changed) >= 4, changed

@@ -108,6 +108,12 @@ def lrp_hooks(model: HookedViTLike, softmax: Literal["attnlrp", "cp"] = "attnlrp
     """
     if softmax not in ("attnlrp", "cp"):
         raise ValueError(f"softmax must be 'attnlrp' or 'cp', got {softmax!r}")
+    if model.cfg.pooling == "map":
+        raise ValueError(
+            "AttnLRP has no rule here for the attention-pool readout (pooling='map', SigLIP): its query "
+            "attends over the tokens as a softmax the block rules do not cover, so the relevance would not "
+            "be AttnLRP's; use another method for this model"
+        )
     hooks: list[tuple[str, Hook]] = [(name, lambda act, *, hook: act.detach()) for name in _norm_names(model)]
     for layer in range(model.cfg.n_layers):
         pre_store: dict[str, Tensor] = {}

@@ -172,7 +172,12 @@ def load_checkpoint(module: Any, path: str | Path, arch: str = "") -> Any:
         parts += [f"{len(resized)} of another shape (" + ", ".join(
             f"{k}: checkpoint {list(state[k].shape)}, model {list(ours[k].shape)}" for k in resized[:3])
             + (", ..." if len(resized) > 3 else "") + ")"] if resized else []
+        from caap_lens.converters.hf_models import hf_checkpoint_hint  # the HF converters load transformers
+
         hint = ""
+        hf = hf_checkpoint_hint(state) if missing and unexpected else None
+        if hf is not None:
+            raise CheckpointMismatchError(f"checkpoint {path} does not fit {arch or type(module).__name__}: {hf}")
         if resized and any(k.startswith("head") for k in resized):
             hint = "; leave num_classes out to use the checkpoint's head size"
         elif "pos_embed" in resized:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from caap_lens._timm import import_timm
 from caap_lens.config import HookedViTConfig
-from caap_lens.converters.checkpoint import checkpoint_num_classes, load_checkpoint
+from caap_lens.converters.checkpoint import checkpoint_num_classes, load_checkpoint, read_checkpoint
 from caap_lens.converters.families import FAMILIES, check_family, detect_family, unsupported
 from caap_lens.converters.timm_config import timm_config
 
@@ -175,8 +175,11 @@ def create_timm(name: str, **timm_kwargs: Any) -> nn.Module:
         if timm_kwargs.get("num_classes") is None:
             n_classes = checkpoint_num_classes(checkpoint)
             if n_classes is None:
+                from caap_lens.converters.hf_models import hf_checkpoint_hint  # loads the HF converters
+
+                hint = hf_checkpoint_hint(read_checkpoint(checkpoint)) or "is it a timm VisionTransformer's state dict?"
                 raise ValueError(f"checkpoint {checkpoint} holds no ViT (no patch_embed.proj.weight under any "
-                                 "prefix): is it a timm VisionTransformer's state dict?")
+                                 f"prefix): {hint}")
             timm_kwargs["num_classes"] = n_classes
     try:
         module = import_timm().create_model(name, **timm_kwargs)

@@ -125,7 +125,7 @@ def randomise_layers(
         _reinitialise_(clone.blocks[layer], _generator(seed, 0, layer))
     if head:
         gen = _generator(seed, 1)
-        for part in ("ln_final", "ln_pooled", "head", "head_dist"):
+        for part in ("ln_final", "attn_pool", "ln_pooled", "head", "head_dist"):
             if getattr(clone, part, None) is not None:
                 _reinitialise_(getattr(clone, part), gen)
     if embed:
