@@ -19,13 +19,11 @@ import torch
 from conftest import perturb_
 
 from caap_lens import HookedViT
-from caap_lens.config import POOLINGS
 from caap_lens.converters import HF_CLASSES, UnsupportedModelError, convert_hf, read_hf_model
 from caap_lens.converters.hf_config import import_transformers
 
 hf = import_transformers()
 TOL = 1e-5
-ATTENTION_POOL = "map" in POOLINGS
 _SMALL = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4)
 
 
@@ -59,8 +57,7 @@ CASES = {
     "siglip_classifier": (hf.SiglipForImageClassification,
                           hf.SiglipConfig(vision_config=_vit(), num_labels=5), lambda o: o.logits),
 }
-if ATTENTION_POOL:  # HookedViT's pooling="map" readout
-    CASES["siglip_attention_pool"] = (hf.SiglipVisionModel, hf.SiglipVisionConfig(**_vit()), lambda o: o.pooler_output)
+CASES["siglip_attention_pool"] = (hf.SiglipVisionModel, hf.SiglipVisionConfig(**_vit()), lambda o: o.pooler_output)
 if hasattr(hf, "Dinov2WithRegistersModel"):  # transformers >= 4.48
     CASES["dinov2_registers"] = (hf.Dinov2WithRegistersModel,
                                  hf.Dinov2WithRegistersConfig(**_dino(num_register_tokens=3)), lambda o: o.pooler_output)
@@ -141,7 +138,6 @@ def test_clip_model_converts_its_image_tower():
         assert (model(x) - features).abs().max().item() < TOL
 
 
-@pytest.mark.skipif(not ATTENTION_POOL, reason="HookedViT has no attention-pool readout")
 def test_siglip_model_converts_its_image_tower():
     config = hf.SiglipConfig(vision_config=_vit(), text_config=dict(hidden_size=32, num_hidden_layers=1,
                                                                     num_attention_heads=2, intermediate_size=64))
@@ -216,12 +212,6 @@ def test_unsupported_options_raise_naming_them(model_class, config, match):
         convert_hf(module)
     with pytest.raises(UnsupportedModelError, match="HookedViT.from_hf converts"):
         HookedViT.from_hf(module)
-
-
-@pytest.mark.skipif(ATTENTION_POOL, reason="HookedViT has an attention-pool readout")
-def test_an_attention_pool_head_without_the_readout_raises():
-    with pytest.raises(UnsupportedModelError, match="no attention-pool readout"):
-        convert_hf(hf.SiglipVisionModel(hf.SiglipVisionConfig(**_vit())))
 
 
 def test_a_tensor_the_converter_does_not_read_is_refused():

@@ -44,7 +44,7 @@ import dataclasses
 
 from torch import Tensor, nn
 
-from caap_lens.config import POOLINGS, HookedViTConfig
+from caap_lens.config import HookedViTConfig
 from caap_lens.converters.hf_config import check_options, hf_base_fields, hf_output_activation, unsupported_hf
 from caap_lens.converters.hf_keys import CLIP_LAYOUT
 from caap_lens.converters.hf_vit import read_hf
@@ -93,11 +93,6 @@ def convert_hf_clip(module: nn.Module, source: str = "") -> tuple[HookedViTConfi
             cfg = HookedViTConfig(**common, family="siglip", class_token=False, pooling="avg", n_classes=0,
                                   output_activation="logits")
             return cfg, read_hf(module, cfg, _SIGLIP_LAYOUT, prefix, not_converted=not_converted)
-        if "map" not in POOLINGS:
-            raise unsupported_hf(
-                f"{name} with vision_use_head=True pools with an attention-pool head (a learned probe attending "
-                "over the tokens); this HookedViT has no attention-pool readout, so it cannot be converted. "
-                "A SigLIP tower built with vision_use_head=False, or SiglipForImageClassification, converts")
         cfg = HookedViTConfig(**common, family="siglip", class_token=False, pooling="map", n_classes=0,
                               output_activation="logits")
         state = read_hf(module, cfg, _SIGLIP_LAYOUT, prefix, not_converted=(*not_converted, prefix + "head."))
