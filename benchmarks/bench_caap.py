@@ -33,8 +33,13 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: benchmarks.machine is found from the repository root
+    sys.path.insert(0, str(REPO))
+
 import torch  # noqa: E402
 
+from benchmarks.machine import peak_rss_during  # noqa: E402
 from caap_lens import HookedViT  # noqa: E402
 from caap_lens.attribution.engine import caap  # noqa: E402
 from caap_lens.attribution.reference import caap_naive  # noqa: E402
@@ -134,37 +139,6 @@ def compute_floor(model: HookedViT, image: torch.Tensor, layers: tuple[int, int]
             resid = ctx[torch.zeros(rows, dtype=torch.long)]
             outs.append(finish(model, resid, start))
     return torch.cat(outs)
-
-
-def peak_rss_during(fn) -> tuple[float, float, float]:
-    """(RSS before, peak RSS during, seconds) of ``fn()``, in MB, sampling the current RSS every 2 ms.
-
-    ``ru_maxrss`` cannot be used: it already holds the peak of loading the model.
-    """
-    import threading
-
-    import psutil
-
-    proc = psutil.Process()
-    before = proc.memory_info().rss
-    peak = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            done.wait(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    t0 = time.perf_counter()
-    try:
-        fn()
-    finally:
-        seconds = time.perf_counter() - t0
-        done.set()
-        thread.join()
-    return before / 2**20, peak[0] / 2**20, seconds
 
 
 def memory_child(args: argparse.Namespace, batch_size: int) -> dict:

@@ -37,22 +37,16 @@ from typing import Any, Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: benchmarks.machine is found from the repository root
+    sys.path.insert(0, str(REPO))
+
 import torch  # noqa: E402
+
+from benchmarks.machine import cpu_model, peak_rss_during  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cpu_model() -> str:
-    """The CPU's model name as ``lscpu`` gives it (or what ``platform`` knows)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sync(device: torch.device) -> None:
@@ -93,28 +87,8 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> tuple[float, 
         sync(device)
         seconds = time.perf_counter() - t0
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20, seconds, "cuda max_memory_allocated"
-    import psutil
-
-    proc = psutil.Process()
-    before = proc.memory_info().rss
-    peak = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            done.wait(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    t0 = time.perf_counter()
-    try:
-        fn()
-    finally:
-        seconds = time.perf_counter() - t0
-        done.set()
-        thread.join()
-    return (peak[0] - before) / 2**20, seconds, "peak RSS increase, sampled every 2 ms (in-process)"
+    before, peak, seconds = peak_rss_during(fn)
+    return peak - before, seconds, "peak RSS increase, sampled every 2 ms (in-process)"
 
 
 def naive_loop(model: Any, images: torch.Tensor, target: torch.Tensor, layers: tuple[int, int]) -> torch.Tensor:

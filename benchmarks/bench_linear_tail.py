@@ -38,22 +38,12 @@ if str(REPO) not in sys.path:  # `python benchmarks/bench_linear_tail.py` finds 
 import torch  # noqa: E402
 
 from benchmarks.linear_tail import linear_tail  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 from caap_lens.attribution.engine import caap  # noqa: E402
 from caap_lens.stats import spearman  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field")  # data.cat() is chelsea
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def real_setup(n: int, img_size: int) -> dict:

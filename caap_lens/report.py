@@ -71,6 +71,7 @@ import caap_lens
 from caap_lens.attribution.result import CAAPResult
 from caap_lens.config import OutputActivation
 from caap_lens.grid import PatchGrid
+from caap_lens.model.protocol import HookedViTLike
 from caap_lens.plot.classes import AXIS_TITLES, class_label, top_classes, top_classes_bar
 from caap_lens.plot.common import (
     check_values,
@@ -326,7 +327,7 @@ def weights_notes(weights_kind: str | None, has_class_names: bool) -> list[str]:
 
 
 def build_record(
-    model: Any,
+    model: HookedViTLike,
     image_tensor: Float[Tensor, "*batch channel height width"],
     result: CAAPResult,
     profile: Any = None,
@@ -713,7 +714,7 @@ def save_report(record: ReportRecord, out_dir: str | Path, plotly_js: str = "sha
 def write_report(
     out_dir: str | Path,
     *,
-    model: Any,
+    model: HookedViTLike,
     image_tensor: Float[Tensor, "*batch channel height width"],
     result: CAAPResult,
     profile: Any = None,

@@ -57,6 +57,7 @@ from torch import Tensor
 
 from caap_lens import __version__
 from caap_lens.grid import PatchGrid
+from caap_lens.model.protocol import HookedViTLike
 
 FORMAT_VERSION = 1
 """The file layout this caap_lens writes; files with a higher number are refused."""
@@ -116,7 +117,7 @@ def describe_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return to_json_safe(out)
 
 
-def model_info(model: Any) -> dict[str, Any]:
+def model_info(model: HookedViTLike) -> dict[str, Any]:
     """Where a model comes from: ``source`` (``cfg.source``), ``weights`` and ``weights_kind`` (the
     config's fields of that name where it has them, else None) and ``config`` (``cfg`` as a dict)."""
     cfg = model.cfg
@@ -150,7 +151,7 @@ def save_result(
     tensors: Mapping[str, Shaped[Tensor, "..."] | None],
     meta: Mapping[str, Any],
     *,
-    model: Any = None,
+    model: HookedViTLike | None = None,
 ) -> Path:
     """Writes one result: ``tensors`` (None values are left out) and ``meta`` as JSON in the header.
 
