@@ -6,7 +6,10 @@ first use.
 Example:
     >>> import caap_lens
     >>> model = caap_lens.HookedViT.from_timm("vit_tiny_patch16_224", depth=2)  # doctest: +SKIP
-    >>> result = caap_lens.caap(model, images, target="predicted")  # doctest: +SKIP
+    >>> model = caap_lens.HookedViT.from_pretrained("fashion-scenes-vit")  # bundled, offline
+    >>> result = caap_lens.caap(model, images, target="predicted")
+    >>> result.map.shape  # [batch, grid_h, grid_w]
+    torch.Size([2, 8, 8])
 """
 
 from __future__ import annotations

@@ -41,15 +41,16 @@ effect per layer (lines and a heatmap) and, for a profile of every patch, each l
 slider.
 
 Example:
-    >>> x = model.preprocess(image)  # doctest: +SKIP
-    >>> result = caap(model, x)  # doctest: +SKIP
-    >>> top = [p["patch"] for p in result.top_patches(8)]  # doctest: +SKIP
-    >>> profile = depth_profile(model, x, result.targets, patches=top)  # doctest: +SKIP
+    >>> from caap_lens import depth_profile
+    >>> x = model.preprocess(image)
+    >>> result = caap(model, x)
+    >>> top = [p["patch"] for p in result.top_patches(8)]
+    >>> profile = depth_profile(model, x, result.targets, patches=top)
     >>> write_report("out", model=model, image_tensor=x, result=result, profile=profile,  # doctest: +SKIP
     ...              image_name="cat.png")
     PosixPath('out/cat/report.html')
-    >>> record = build_record(model, x, result, profile, image_name="cat.png")  # doctest: +SKIP
-    >>> page = render_html(record, build_figures(record))  # doctest: +SKIP
+    >>> record = build_record(model, x, result, profile, image_name="cat.png")
+    >>> page = render_html(record, build_figures(record))
 """
 
 from __future__ import annotations
@@ -365,9 +366,10 @@ def build_record(
         A `ReportRecord`.
 
     Example:
-        >>> record = build_record(model, x, result, image_name="cat.png")  # doctest: +SKIP
-        >>> record.top_classes[0]["name"], record.map.shape  # doctest: +SKIP
-        ('tabby cat', (14, 14))
+        >>> x = model.preprocess(image)  # one scene: [1, 3, 64, 64]
+        >>> record = build_record(model, x, caap(model, x), image_name="cat.png")
+        >>> record.top_classes[0]["name"], record.map.shape
+        ('sneaker', (8, 8))
     """
     grid, cfg = model.grid, model.cfg
     check_values(values)
@@ -443,7 +445,11 @@ def build_figures(record: ReportRecord) -> dict[str, go.Figure]:
         record: A `ReportRecord` (`build_record`).
 
     Example:
-        >>> list(build_figures(record))  # doctest: +SKIP
+        >>> from caap_lens import depth_profile
+        >>> x = model.preprocess(image)  # one scene: [1, 3, 64, 64]
+        >>> result = caap(model, x)
+        >>> record = build_record(model, x, result, depth_profile(model, x, result.targets), image_name="scene.png")
+        >>> list(build_figures(record))
         ['image', 'map', 'classes', 'lines', 'slider', 'heat']
     """
     grid, rgb, prof, k = record.grid, record.image, record.profile, record.k
@@ -562,8 +568,10 @@ def render_html(record: ReportRecord, figures: dict[str, go.Figure], plotly_js: 
             of a local ``plotly.min.js`` relative to the page, e.g. ``"../plotly.min.js"`` (`save_report`).
 
     Example:
-        >>> page = render_html(record, build_figures(record))  # doctest: +SKIP
-        >>> page.startswith("<!DOCTYPE html>")  # doctest: +SKIP
+        >>> x = model.preprocess(image)  # one scene: [1, 3, 64, 64]
+        >>> record = build_record(model, x, caap(model, x), image_name="scene.png")
+        >>> page = render_html(record, build_figures(record))
+        >>> page.startswith("<!DOCTYPE html>")
         True
     """
     e = html.escape
@@ -751,7 +759,9 @@ def index_entry(record: ReportRecord, path: str | Path, out_dir: str | Path) -> 
     """One row of ``index.html``: the image, its report (relative to ``out_dir``), model, weights, prediction.
 
     Example:
-        >>> index_entry(record, "out/cat/report.html", "out")["report"]  # doctest: +SKIP
+        >>> x = model.preprocess(image)  # one scene: [1, 3, 64, 64]
+        >>> record = build_record(model, x, caap(model, x), image_name="scene.png")
+        >>> index_entry(record, "out/cat/report.html", "out")["report"]
         'cat/report.html'
     """
     pred = record.top_classes[0] if record.top_classes else None

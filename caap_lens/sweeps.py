@@ -8,11 +8,11 @@
 * `score_sweep` — several scores from *one* set of patched runs (scores only read the outputs).
 
 Example:
-    >>> sweep = window_sweep(model, images, target="predicted")  # doctest: +SKIP
-    >>> sweep.maps.shape, sweep.windows[:3]  # doctest: +SKIP
-    (torch.Size([78, 1, 14, 14]), [(0, 1), (0, 2), (0, 3)])
-    >>> sweep.map_for(4, 8).shape  # doctest: +SKIP
-    torch.Size([1, 14, 14])
+    >>> sweep = window_sweep(model, images, target="predicted")  # 4 blocks: 10 windows
+    >>> sweep.maps.shape, sweep.windows[:3]
+    (torch.Size([10, 2, 8, 8]), [(0, 1), (0, 2), (0, 3)])
+    >>> sweep.map_for(1, 3).shape
+    torch.Size([2, 8, 8])
 """
 
 from __future__ import annotations

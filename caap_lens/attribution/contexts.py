@@ -27,7 +27,9 @@ Activation-level contexts build the residual directly:
 
 Example:
     >>> ctx = resolve_context("blur")
-    >>> resid = ctx.residuals(model, images, [4])[4]  # doctest: +SKIP
+    >>> resid = ctx.residuals(model, images, [2])[2]
+    >>> resid.shape  # [batch, tokens, d_model]
+    torch.Size([2, 65, 64])
 """
 
 from __future__ import annotations

@@ -18,8 +18,10 @@ choices open; each is an argument here, with a default and a reason:
 
 Example:
     >>> model = HookedViT.from_timm("vit_tiny_patch16_224", depth=6)  # doctest: +SKIP
-    >>> result = caap(model, images, target="predicted", layers=(2, 4))  # doctest: +SKIP
-    >>> result.map.shape  # [batch, grid_h, grid_w]  # doctest: +SKIP
+    >>> model = HookedViT.from_pretrained("fashion-scenes-vit")  # offline: 4 blocks, 64-px images
+    >>> result = caap(model, images, target="predicted", layers=(2, 4))
+    >>> result.map.shape  # [batch, grid_h, grid_w]
+    torch.Size([2, 8, 8])
 """
 
 from __future__ import annotations
@@ -247,8 +249,9 @@ def caap(
         A `CAAPResult`; its ``settings`` is the run's `CAAPSettings`.
 
     Example:
-        >>> result = caap(model, images, target="predicted", layers=(4, 8), context="blur")  # doctest: +SKIP
-        >>> result.top_patches(3)  # doctest: +SKIP
+        >>> result = caap(model, images, target="predicted", layers=(1, 3), context="blur")
+        >>> [sorted(p) for p in result.top_patches(3)][0]  # the 3 highest patches of image 0
+        ['col', 'patch', 'row', 'value']
     """
     if isinstance(layers, str) and layers == "auto":  # per-image window by an insertion criterion
         from caap_lens.attribution.auto_window import caap_auto  # auto_window builds on this module

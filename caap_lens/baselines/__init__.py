@@ -26,7 +26,7 @@ Attribution"), ``gradcam`` → ``token_gradcam``.
 
 Example:
     >>> from caap_lens.baselines import attribute
-    >>> maps = {m: attribute(m, model, images).map for m in ("caap", "rollout", "attnlrp")}  # doctest: +SKIP
+    >>> maps = {m: attribute(m, model, images).map for m in ("caap", "rollout", "attnlrp")}
 """
 
 from caap_lens.baselines.attention import (

@@ -41,8 +41,9 @@ class-specific. Where the reference code (Chefer's ``ViT_explanation_generator``
 hard-coded 14 x 14 grid, these use the readout rows and the model's `PatchGrid`, batched.
 
 Example:
-    >>> patch_map, _ = rollout(model, images, targets)  # doctest: +SKIP
-    >>> patch_map.shape  # [batch, grid_h, grid_w]  # doctest: +SKIP
+    >>> patch_map, _ = rollout(model, images, targets)
+    >>> patch_map.shape  # [batch, grid_h, grid_w]
+    torch.Size([2, 8, 8])
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def raw_attention(
         tokens, so a patch map sums to at most 1.
 
     Example:
-        >>> patch_map, _ = raw_attention(model, images, targets, layer=-1, head_fusion="max")  # doctest: +SKIP
+        >>> patch_map, _ = raw_attention(model, images, targets, layer=-1, head_fusion="max")
     """
     fusion = renamed("raw_attention", "heads", "head_fusion", old_value=heads, new_value=head_fusion, default="mean")
     images, targets = check_inputs(model, images, targets)
@@ -189,7 +190,7 @@ def rollout(
         ``(patch_map [batch, grid_h, grid_w], None)``.
 
     Example:
-        >>> patch_map, _ = rollout(model, images, targets, start_layer=2)  # doctest: +SKIP
+        >>> patch_map, _ = rollout(model, images, targets, start_layer=2)
     """
     fusion = renamed("rollout", "heads", "head_fusion", old_value=heads, new_value=head_fusion, default="mean")
     images, targets = check_inputs(model, images, targets)
@@ -247,7 +248,7 @@ def gradient_weighted_attention(
         ``(patch_map [batch, grid_h, grid_w], None)``; non-negative.
 
     Example:
-        >>> patch_map, _ = gradient_weighted_attention(model, images, torch.tensor([3, 5]))  # doctest: +SKIP
+        >>> patch_map, _ = gradient_weighted_attention(model, images, torch.tensor([3, 5]))
     """
     images, targets = check_inputs(model, images, targets)
     start = layer_index(model, start_layer, "start_layer")
@@ -294,7 +295,7 @@ def attention_gradcam(
         ``(patch_map [batch, grid_h, grid_w], None)``; non-negative.
 
     Example:
-        >>> patch_map, _ = attention_gradcam(model, images, torch.tensor([3, 5]))  # doctest: +SKIP
+        >>> patch_map, _ = attention_gradcam(model, images, torch.tensor([3, 5]))
     """
     images, targets = check_inputs(model, images, targets)
     index = layer_index(model, layer)

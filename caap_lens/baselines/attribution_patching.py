@@ -25,9 +25,9 @@ What it is, exactly:
   windows. How well it *ranks* patches is what `fidelity` measures.
 
 Example:
-    >>> patch_map, _ = attribution_patching(model, images, targets, layers=(4, 8))  # doctest: +SKIP
-    >>> fidelity(model, images, layers=(4, 8))["spearman_mean"]  # doctest: +SKIP
-    0.83
+    >>> patch_map, _ = attribution_patching(model, images, targets, layers=(1, 3))
+    >>> -1 <= fidelity(model, images, layers=(1, 3))["spearman_mean"] <= 1
+    True
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def attribution_patching(
         ``(patch_map [batch, grid_h, grid_w], None)``: estimated ``score(patched) - score(context)``.
 
     Example:
-        >>> patch_map, _ = attribution_patching(model, images, targets, layers=(2, 3), hook="z")  # doctest: +SKIP
+        >>> patch_map, _ = attribution_patching(model, images, targets, layers=(2, 3), hook="z")
     """
     images, targets = check_inputs(model, images, targets)
     settings = caap_settings(model, layers=layers, context=context, hook=hook, scores=[score])  # as CAAP checks them
@@ -140,8 +140,8 @@ def fidelity(
         map) and ``n_undefined`` counts them.
 
     Example:
-        >>> fidelity(model, images, layers=(1, 2))["pearson"]  # doctest: +SKIP
-        tensor([0.97, 0.95])
+        >>> fidelity(model, images, layers=(1, 2))["pearson"].shape  # one per image
+        torch.Size([2])
     """
     shared = {"layers": layers, "context": context, "hook": hook, "score": score}
     atp = attribute("attribution_patching", model, images, target, **shared)

@@ -26,9 +26,9 @@ Conventions shared by all methods:
 
 Example:
     >>> from caap_lens.baselines import attribute
-    >>> result = attribute("rollout", model, images)  # doctest: +SKIP
-    >>> result.map.shape, result.to_pixels().shape  # doctest: +SKIP
-    (torch.Size([2, 14, 14]), torch.Size([2, 224, 224]))
+    >>> result = attribute("rollout", model, images)
+    >>> result.map.shape, result.to_pixels().shape
+    (torch.Size([2, 8, 8]), torch.Size([2, 64, 64]))
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class Attribution:
         Example:
             >>> attribute("rise", model, images, n_masks=200).save("rise.safetensors")  # doctest: +SKIP
             >>> Attribution.load("rise.safetensors").to_pixels().shape  # doctest: +SKIP
-            torch.Size([2, 224, 224])
+            torch.Size([2, 64, 64])
         """
         tensors = {"map": self.map, "pixels": self.pixels, "targets": self.targets,
                    "source_output": self.source_output}
@@ -220,8 +220,8 @@ def attribute(
         TypeError: an option the method does not take.
 
     Example:
-        >>> attribute("integrated_gradients", model, images, target=3, n_steps=16).pixels.shape  # doctest: +SKIP
-        torch.Size([2, 224, 224])
+        >>> attribute("integrated_gradients", model, images, target=3, n_steps=16).pixels.shape
+        torch.Size([2, 64, 64])
     """
     name, fn = resolve_method(method)
     settings = _settings(name, fn, options)
@@ -364,7 +364,7 @@ def caap_attribution(
         ``(patch_map, None, {"targets", "source_output", "timing"})``.
 
     Example:
-        >>> patch_map, _, info = caap_attribution(model, images, torch.tensor([3, 3]), layers=(1, 3))  # doctest: +SKIP
+        >>> patch_map, _, info = caap_attribution(model, images, torch.tensor([3, 3]), layers=(1, 3))
     """
     settings = caap_settings(model, layers=layers, context=context, hook=hook, scores=[score], relative=relative,
                              batch_size=batch_size, dtype=dtype)

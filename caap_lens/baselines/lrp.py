@@ -40,8 +40,9 @@ Differs from the reference implementation (lxt 2.1, ``lxt.efficient``) in how th
 uses plain gradients there too) and no gamma rule.
 
 Example:
-    >>> patch_map, pixels, info = attnlrp(model, images, targets)  # doctest: +SKIP
-    >>> info["relevance_sum"], info["score"]  # ≈ equal, up to biases and the softmax rule  # doctest: +SKIP
+    >>> patch_map, pixels, info = attnlrp(model, images, targets)
+    >>> info["relevance_sum"].shape, info["score"].shape  # ≈ equal, up to biases and the softmax rule
+    (torch.Size([2]), torch.Size([2]))
 """
 
 from __future__ import annotations
@@ -160,8 +161,8 @@ def attnlrp(
         started from), each ``[batch]``.
 
     Example:
-        >>> result = attribute("attnlrp", model, images)  # doctest: +SKIP
-        >>> result.pixels.shape  # doctest: +SKIP
+        >>> result = attribute("attnlrp", model, images)
+        >>> result.pixels.shape
         torch.Size([2, 64, 64])
     """
     images, targets = check_inputs(model, images, targets)

@@ -18,7 +18,7 @@ comparison with CAAP differs in *where* the intervention happens (pixels vs. act
   over each patch.
 
 Example:
-    >>> patch_map, _ = occlusion(model, images, targets, context="blur")  # doctest: +SKIP
+    >>> patch_map, _ = occlusion(model, images, targets, context="blur")
     >>> patch_map, pixels = rise(model, images, targets, n_masks=2000, seed=0)  # doctest: +SKIP
 """
 
@@ -97,7 +97,7 @@ def occlusion(
         ``(patch_map [batch, grid_h, grid_w], None)``: ``score(x) - score(x with the patch occluded)``.
 
     Example:
-        >>> patch_map, _ = occlusion(model, images, targets, context="black", batch_size=32)  # doctest: +SKIP
+        >>> patch_map, _ = occlusion(model, images, targets, context="black", batch_size=32)
     """
     images, targets = check_inputs(model, images, targets)
     batch_size = _positive_int(batch_size, "batch_size")

@@ -20,9 +20,9 @@ labels CSV), `HFDatasetSource` (Hugging Face ``datasets``: a saved directory or 
 never resumed against another data set.
 
 Example:
-    >>> src = bundled_scenes("fashion-scenes-vit")  # doctest: +SKIP
-    >>> item = src[0]; item.id, item.targets  # doctest: +SKIP
-    ('fashion-scenes-vit/test/0', [1, 7])
+    >>> src = bundled_scenes("fashion-scenes-vit")
+    >>> item = src[0]; item.id, item.targets
+    ('fashion-scenes-vit/test/0', [5, 7, 8])
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ its protocol and tie rule.
 
 Example:
     >>> from caap_lens.metrics import deletion_curve, pointing_game, mean_ci
-    >>> curve = deletion_curve(model, images, maps, "predicted")  # doctest: +SKIP
-    >>> mean_ci(pointing_game(maps, masks, grid=model))  # doctest: +SKIP
-    (0.75, 0.52, 0.98)
+    >>> curve = deletion_curve(model, images, maps, "predicted")
+    >>> mean_ci(pointing_game(maps, masks, grid=model)).n
+    2
 """
 
 from caap_lens.metrics.curves import (

@@ -51,8 +51,8 @@ Protocols:
 
 Example:
     >>> masks = torch.zeros(1, 64, 64, dtype=torch.bool); masks[:, :32] = True
-    >>> maps = torch.rand(1, 4, 4)  # a patch map of a 64-px model with 16-px patches
-    >>> pointing_game(maps, masks, grid=model.grid)  # doctest: +SKIP
+    >>> maps = torch.zeros(1, 8, 8); maps[0, 1, 2] = 1.0  # a patch map of a 64-px model with 8-px patches
+    >>> pointing_game(maps, masks, grid=model.grid)
     tensor([1.])
     >>> mask_auroc(masks.float(), masks), chance_level(masks)
     (tensor([1.], dtype=torch.float64), tensor([0.5000]))
@@ -108,7 +108,9 @@ def pixel_maps(maps: Any, masks: Any, grid: Any = None) -> tuple[Maps, Masks]:
 
     Example:
         >>> masks = torch.ones(2, 64, 64, dtype=torch.bool)
-        >>> maps, masks = pixel_maps(torch.rand(2, 4, 4), masks, model)  # doctest: +SKIP
+        >>> maps, masks = pixel_maps(torch.rand(2, 8, 8), masks, model)
+        >>> maps.shape
+        torch.Size([2, 64, 64])
     """
     masks = check_masks(masks)
     maps = torch.as_tensor(maps)
@@ -192,8 +194,8 @@ def pointing_game(
         ties: ``"fraction"`` or ``"any"``.
 
     Example:
-        >>> pointing_game(masks.float(), masks)  # doctest: +SKIP
-        tensor([1.])
+        >>> pointing_game(masks.float(), masks)
+        tensor([1., 1.])
     """
     maps, masks = pixel_maps(maps, masks, grid)
     target = dilate(masks, tolerance_px).flatten(1)

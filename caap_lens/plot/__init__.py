@@ -18,7 +18,7 @@ given alone is drawn as given. `map_grid` draws its maps as given (pass ``result
 
 Example:
     >>> from caap_lens.plot import map_overlay
-    >>> fig = map_overlay(x[0], result, model.grid,  # doctest: +SKIP
+    >>> fig = map_overlay(x[0], result, model.grid,
     ...                   mean=model.cfg.image_mean, std=model.cfg.image_std)
     >>> fig.show()  # colour bar "logit − context"  # doctest: +SKIP
 """

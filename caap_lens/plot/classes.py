@@ -5,8 +5,9 @@ classifiers such as the bundled ``fashion-scenes-vit``, whose classes are indepe
 raw logits: the model's ``cfg.output_activation`` says which.
 
 Example:
-    >>> logits = model(x)  # doctest: +SKIP
-    >>> top_classes_bar(logits[0], model.class_names, k=5).show()  # doctest: +SKIP
+    >>> logits = model(x)
+    >>> fig = top_classes_bar(logits[0], model.class_names, k=5)
+    >>> fig.show()  # doctest: +SKIP
 """
 
 from __future__ import annotations

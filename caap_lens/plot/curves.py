@@ -7,9 +7,11 @@ curve of one image; each method's AUC — mean with its confidence interval, or 
 its legend entry.
 
 Example:
-    >>> curves = {m: deletion_curve(model, x, attribute(m, model, x).map) for m in ("caap", "rollout")}  # doctest: +SKIP
+    >>> from caap_lens.metrics import deletion_curve
+    >>> curves = {m: deletion_curve(model, x, attribute(m, model, x).map) for m in ("caap", "rollout")}
     >>> metric_curves(curves).show()  # doctest: +SKIP
-    >>> metric_curves(curves, image_index=3).show()  # doctest: +SKIP
+    >>> fig = metric_curves(curves, image_index=1)
+    >>> fig.show()  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ layer's context score (the profile's ``context_score``, or ``context_score=`` gi
 maps given without a context score are shown as given.
 
 Example:
-    >>> profile = depth_profile(model, x)  # doctest: +SKIP
-    >>> depth_profile_lines(profile.maps[:, 0], model.grid, patches=[5, 9]).show()  # doctest: +SKIP
+    >>> from caap_lens import depth_profile
+    >>> profile = depth_profile(model, x)
+    >>> fig = depth_profile_lines(profile.maps[:, 0], model.grid, patches=[5, 9])
+    >>> fig.show()  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ def depth_profile_lines(
         A figure with one ``scatter`` trace per patch (plus one for the mean).
 
     Example:
-        >>> fig = depth_profile_lines(profile.maps[:, 0], model.grid, patches=[3, 7])  # doctest: +SKIP
+        >>> fig = depth_profile_lines(profile.maps[:, 0], model.grid, patches=[3, 7])
     """
     p, layers, value_name, effect = _shown(profile_maps, grid, layers, values, context_score, image_index, value_name)
     xs = _layers(layers, p.shape[0])
@@ -228,7 +230,7 @@ def depth_heatmap(
         A figure with one ``heatmap`` trace ``[n_layers, n_patches_shown]``.
 
     Example:
-        >>> fig = depth_heatmap(profile.maps[:, 0], model.grid, k=10)  # doctest: +SKIP
+        >>> fig = depth_heatmap(profile.maps[:, 0], model.grid, k=10)
     """
     p, layers, value_name, effect = _shown(profile_maps, grid, layers, values, context_score, image_index, value_name)
     ys = _layers(layers, p.shape[0])
@@ -299,7 +301,7 @@ def depth_slider(
         first if ``image`` is given, and one slider with a step per layer.
 
     Example:
-        >>> fig = depth_slider(profile.maps[:, 0], model.grid, x[0], mean=model.cfg.image_mean,  # doctest: +SKIP
+        >>> fig = depth_slider(profile.maps[:, 0], model.grid, x[0], mean=model.cfg.image_mean,
         ...                    std=model.cfg.image_std)
     """
     p, layers, value_name, effect = _shown(profile_maps, grid, layers, values, context_score, image_index, value_name)

@@ -9,9 +9,10 @@ cells show each head's effect, its map minus the context's score (``values="effe
 effect); ``values="raw"`` shows the patched scores as computed.
 
 Example:
-    >>> result = caap(model, x, heads=True, per_layer=True, layers=(0, 6))  # doctest: +SKIP
-    >>> head_grid(result, model.grid).show()  # rows: layers 0..5, colour bar "logit − context"  # doctest: +SKIP
-    >>> head_grid(result, model.grid, values="raw")  # the patched logits themselves  # doctest: +SKIP
+    >>> result = caap(model, x, heads=True, per_layer=True, layers=(2, 4))
+    >>> fig = head_grid(result, model.grid)  # rows: layers 2 and 3, colour bar "logit − context"
+    >>> fig.show()  # doctest: +SKIP
+    >>> fig = head_grid(result, model.grid, values="raw")  # the patched logits themselves
 """
 
 from __future__ import annotations

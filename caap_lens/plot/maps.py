@@ -17,7 +17,7 @@ images, or as the model's normalised ``[C, H, W]`` / ``[1, C, H, W]`` tensor tog
 and ``std`` (``model.cfg.image_mean`` / ``image_std``) to undo the normalisation.
 
 Example:
-    >>> fig = map_overlay(x[0], result.map[0], model.grid,  # doctest: +SKIP
+    >>> fig = map_overlay(x[0], result.map[0], model.grid,
     ...                   mean=model.cfg.image_mean, std=model.cfg.image_std)
     >>> fig.write_html("map.html")  # doctest: +SKIP
 """
@@ -185,7 +185,8 @@ def map_grid(
         A figure with ``n × len(maps)`` image and heatmap traces.
 
     Example:
-        >>> fig = map_grid(x, {"mean": r_mean.map, "blur": r_blur.map}, model.grid,  # doctest: +SKIP
+        >>> r_mean, r_blur = caap(model, x), caap(model, x, context="blur")
+        >>> fig = map_grid(x, {"mean": r_mean.map, "blur": r_blur.map}, model.grid,
         ...                mean=model.cfg.image_mean, std=model.cfg.image_std)
     """
     rgbs = [image_to_rgb(im, mean, std) for im in _image_list(images)]

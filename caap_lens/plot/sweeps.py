@@ -14,10 +14,12 @@ over images, or one image with ``image_index``), in the order of ``sweep.windows
 ``f(maps, window) -> value(s)`` with ``maps = sweep.maps[i]`` ``[batch, grid_h, grid_w]``.
 
 Example:
-    >>> sweep = window_sweep(model, x)  # doctest: +SKIP
+    >>> from caap_lens import window_sweep
+    >>> from caap_lens.metrics import deletion_curve
+    >>> sweep = window_sweep(model, x)
     >>> window_sweep_heatmap(sweep, model.cfg.n_layers).show()  # doctest: +SKIP
-    >>> auc = torch.stack([deletion_curve(model, x, m).auc for m in sweep.maps])  # [n_windows, batch]  # doctest: +SKIP
-    >>> window_sweep_view(sweep, x[0], model.grid, auc, [(4, 8), (0, 12)],  # doctest: +SKIP
+    >>> auc = torch.stack([deletion_curve(model, x, m, steps=4).auc for m in sweep.maps])  # [n_windows, batch]
+    >>> fig = window_sweep_view(sweep, x[0], model.grid, auc, [(1, 3), (0, 4)],
     ...                   mean=model.cfg.image_mean, std=model.cfg.image_std, score_name="deletion AUC")
 """
 
@@ -296,7 +298,9 @@ def window_sweep_view(
         ``coloraxis2``.
 
     Example:
-        >>> fig = window_sweep_view(sweep, x[0], model.grid, windows_to_show=[(4, 8), (0, 12)],  # doctest: +SKIP
+        >>> from caap_lens import window_sweep
+        >>> sweep = window_sweep(model, x)
+        >>> fig = window_sweep_view(sweep, x[0], model.grid, windows_to_show=[(1, 3), (0, 4)],
         ...                         mean=model.cfg.image_mean, std=model.cfg.image_std)
     """
     if isinstance(sweep, tuple) or not hasattr(sweep, "maps"):
