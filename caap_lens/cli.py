@@ -101,6 +101,9 @@ examples:
       every image of a folder (not recursive) and of a quoted glob; <out>/index.html links the reports
   caap-lens explain x.png --model finetuned.safetensors --arch vit_small_patch16_224 --target dog
       a local timm checkpoint (--num-classes is read from the checkpoint if not given)
+  caap-lens explain x.png --model my_vit_folder/
+      a Hugging Face model saved with save_pretrained (config.json next to its weights; offline);
+      hf:NAME_OR_DIR names a hub model (from the local cache when offline) or a folder
   caap-lens explain x.png --model clip_tower.safetensors --arch vit_base_patch16_clip_224 \\
       --text-model clip_dir/ --prompts "a photo of a dog,a photo of a cat" --target "a photo of a dog"
       a CLIP image tower (with its projection) against text prompts encoded by a saved CLIPModel
@@ -135,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image files (PNG, JPEG, ...; grayscale and RGBA are converted), folders (their image "
                          "files, not recursive) or quoted globs such as 'imgs/*.png'; none: a bundled sample scene")
     m = ex.add_argument_group("model")
-    m.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|FILE",
-                   help=f"a bundled model name, a timm model name, or a checkpoint file "
-                        f"({'/'.join(CHECKPOINT_SUFFIXES)}) with --arch (default: {DEFAULT_MODEL})")
+    m.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|FILE|DIR",
+                   help=f"a bundled model name, a timm model name, a checkpoint file "
+                        f"({'/'.join(CHECKPOINT_SUFFIXES)}) with --arch, a saved Hugging Face model folder "
+                        f"(config.json), or hf:NAME_OR_DIR (default: {DEFAULT_MODEL})")
     m.add_argument("--arch", metavar="TIMM_NAME", help="timm architecture of a checkpoint file")
     m.add_argument("--num-classes", type=int, metavar="N",
                    help="classes of a checkpoint's head (default: read from the checkpoint)")
@@ -435,13 +439,17 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
     path = Path(spec)
     bundled = _bundled_names()
     hint = ""
+    hf_source = _hf_source(spec, args)
     is_file = path.suffix.lower() in CHECKPOINT_SUFFIXES or (path.exists() and spec not in bundled)
     try:
+        if hf_source is not None:
+            return _load_hf(hf_source, args, timm_kwargs, class_names)
         if is_file:
             if not path.exists():
                 raise CLIError(f"checkpoint file not found: {spec}")
             if not path.is_file():
-                raise CLIError(f"--model {spec} is a folder, not a checkpoint file")
+                raise CLIError(f"--model {spec} is a folder, not a checkpoint file, and has no config.json (a "
+                               "Hugging Face model folder, as save_pretrained writes it, has one)")
             if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
                 raise CLIError(
                     f"cannot use --model {spec}: a file but not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}); give "
@@ -494,6 +502,43 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str, str | None]:
         raise
     except (OSError, RuntimeError, ValueError, TypeError, KeyError, IndexError, AssertionError) as err:
         raise CLIError(f"cannot load model {spec!r}: {_one_line(err, 400)}{hint}") from err
+
+
+HF_PREFIX = "hf:"  # --model hf:NAME_OR_DIR loads through HookedViT.from_hf
+
+
+def _hf_source(spec: str, args: argparse.Namespace) -> str | None:
+    """What ``HookedViT.from_hf`` should load for ``--model``, or None when it is not a Hugging Face model:
+    ``hf:NAME_OR_DIR``, a folder with a ``config.json`` (``save_pretrained``), or its weights file given
+    without ``--arch``."""
+    if spec.startswith(HF_PREFIX):
+        name = spec[len(HF_PREFIX):].strip()
+        if not name:
+            raise CLIError("--model hf: needs a Hugging Face model name or folder after 'hf:'")
+        return name
+    path = Path(spec)
+    if path.is_dir() and (path / "config.json").is_file():
+        return spec
+    if (path.is_file() and path.name in ("model.safetensors", "pytorch_model.bin")
+            and (path.parent / "config.json").is_file() and not getattr(args, "arch", None)):
+        return spec
+    return None
+
+
+def _load_hf(source: str, args: argparse.Namespace, timm_kwargs: dict[str, Any],
+             class_names: list[str] | None) -> tuple[Any, str, None]:
+    """A Hugging Face model (`HookedViT.from_hf`, offline for a folder): ``(model, description, None)``."""
+    from caap_lens.model.hooked_vit import HookedViT
+
+    if timm_kwargs or getattr(args, "arch", None) or getattr(args, "num_classes", None) is not None:
+        raise CLIError(f"--timm-arg, --arch and --num-classes do not apply to the Hugging Face model {source!r} "
+                       "(its config.json says what it is)")
+    model = HookedViT.from_hf(source)
+    if class_names is not None:
+        model.class_names = _checked_names(class_names, model.cfg.n_classes)
+    cfg = model.cfg
+    what = f"{cfg.n_classes or cfg.d_model}-d embedding" if cfg.output_kind == "embedding" else "classifier"
+    return model, f"{source} (Hugging Face {cfg.family}, {what})", None
 
 
 def _origin(model: Any, kind: str, line: str) -> Any:
@@ -639,17 +684,22 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     model = model.to(device)
     load_seconds = time.perf_counter() - t0
     n_layers = model.cfg.n_layers
+    outputs = (f"{model.cfg.n_classes} classes" if getattr(model.cfg, "output_kind", "classes") == "classes"
+               else f"{model.cfg.n_classes or model.cfg.d_model}-d embedding output")
     print(f"model: {description}: {n_layers} layer{'s' if n_layers != 1 else ''}, grid "
-          f"{model.grid.grid_size[0]}x{model.grid.grid_size[1]}, {model.cfg.n_classes} classes, on {device} "
+          f"{model.grid.grid_size[0]}x{model.grid.grid_size[1]}, {outputs}, on {device} "
           f"(loaded in {load_seconds:.1f} s)")
     weights_kind = getattr(model.cfg, "weights_kind", None)
     print(f"weights: {getattr(model.cfg, 'weights', None) or weights_kind or 'not recorded'}")
     window = parse_layers(args.layers, n_layers) if args.layers else default_window(n_layers)
     depth_top = parse_depth_patches(args.depth_patches, model.grid.n_patches)
     prompts = _load_prompts(args, model)
-    headless = model.head is None or prompts is not None  # prompts: the output is an embedding, not classes
-    if model.head is None and prompts is None and (args.target is not None or args.score != "logit"):
-        raise CLIError("the model is headless (no classifier): it is explained by the similarity of each patched "
+    embedding = model.head is None or getattr(model.cfg, "output_kind", "classes") == "embedding"
+    headless = embedding or prompts is not None  # prompts: the output is an embedding, not classes
+    if embedding and prompts is None and (args.target is not None or args.score != "logit"):
+        what = ("headless (no classifier)" if model.head is None
+                else f"a {model.cfg.n_classes}-d embedding (a projection head, not a classifier)")
+        raise CLIError(f"the model's output is {what}: it is explained by the similarity of each patched "
                        "run to the image's own embedding (drop --target and --score), or by text prompts "
                        "(--prompts with --text-model)")
     if prompts is not None:
@@ -696,6 +746,11 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
             if prompts is not None:  # the target is a prompt; the output is an embedding, not class scores
                 index = int(result.targets[0])
                 record.target = {"index": index, "name": prompts.prompts[index]}
+                record.output, record.top_classes, record.class_names = None, [], None
+            elif embedding and model.head is not None:  # a projection head: self-similarity, as headless
+                from caap_lens.report import HEADLESS_TARGET
+
+                record.target = {"index": int(result.targets[0]), "name": HEADLESS_TARGET}
                 record.output, record.top_classes, record.class_names = None, [], None
             path = save_report(record, out)
         except (CLIError, ValueError, TypeError, RuntimeError, OSError) as err:

@@ -23,6 +23,8 @@ POOLINGS = ("token", "avg", "max", "avgmax", "token_dist", "map")
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
 OutputActivation = Literal["softmax", "sigmoid", "logits"]
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "logits")
+OutputKind = Literal["classes", "embedding"]
+OUTPUT_KINDS = ("classes", "embedding")
 WeightsKind = Literal["random", "pretrained", "checkpoint", "bundled", "converted"]
 WEIGHTS_KINDS = ("random", "pretrained", "checkpoint", "bundled", "converted")
 #: The keys of ``data_config``: timm's eval-transform arguments (``timm.data.resolve_data_config``).
@@ -92,6 +94,11 @@ class HookedViTConfig:
         output_activation: How the outputs become class scores: ``"softmax"`` (one class per image),
             ``"sigmoid"`` (multi-label) or ``"logits"`` (shown raw). Read by the report and the CLI's
             top classes; the forward pass always returns logits.
+        output_kind: What the output's entries are: ``"classes"`` (one score per class, a classifier) or
+            ``"embedding"`` (a vector to compare with others, such as a CLIP projection head or a headless
+            model's pooled feature). Targets such as ``"predicted"`` or a class index need ``"classes"``
+            (`caap_lens.attribution.targets`). A headless model (``n_classes=0``) is always
+            ``"embedding"``.
         data_config: The model's own eval preprocessing, as timm's ``resolve_data_config`` gives it
             (``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean``, ``std``); None for
             models without one (built here, bundled). Its ``input_size`` and ``mean``/``std`` must agree
@@ -132,6 +139,7 @@ class HookedViTConfig:
     family: str = "vit"
     source: str = ""
     output_activation: OutputActivation = "softmax"
+    output_kind: OutputKind = "classes"
     data_config: dict[str, Any] | None = None
     weights_kind: WeightsKind = "random"
     weights: str = ""
@@ -182,6 +190,10 @@ class HookedViTConfig:
         if self.output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}; "
                              f"got {self.output_activation!r}")
+        if self.output_kind not in OUTPUT_KINDS:
+            raise ValueError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}; got {self.output_kind!r}")
+        if self.n_classes == 0:
+            self.output_kind = "embedding"  # no head: the output is the pooled feature
         if self.act_fn not in ("gelu", "gelu_tanh", "quick_gelu", "relu"):
             raise ValueError(
                 f"act_fn must be one of gelu, gelu_tanh, quick_gelu, relu; got {self.act_fn!r}"

@@ -459,3 +459,94 @@ def test_a_photo_on_the_bundled_model_says_what_it_knows(files, tmp_path, capsys
     assert any("only knows Fashion-MNIST scenes" in n for n in record["notes"])
     assert record["model"]["weights_kind"] == "bundled"
     assert "only knows Fashion-MNIST scenes" in (tmp_path / "rgb" / "report.html").read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------------- Hugging Face models
+def _hf_image(tmp_path: Path, size: int = 32) -> Path:
+    from PIL import Image
+
+    path = tmp_path / "hf.png"
+    rng = np.random.default_rng(4)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hf_vit_folder(tmp_path_factory):
+    """A random-init 2-layer HF ViTForImageClassification (3 named classes) saved with save_pretrained."""
+    from caap_lens.converters.hf_config import import_transformers
+
+    hf = import_transformers()
+    config = hf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          image_size=32, patch_size=8, num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"})
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("hf") / "vit"
+    hf.ViTForImageClassification(config).eval().save_pretrained(folder)
+    return folder
+
+
+def _hf_args(image: Path, model: str, out: Path, *extra: str) -> list[str]:
+    return ["explain", str(image), "--model", model, "--layers", "0:1", "--no-depth", "--no-progress",
+            "--device", "cpu", "--out", str(out), *extra]
+
+
+def test_a_saved_hugging_face_folder_loads_offline(hf_vit_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image = _hf_image(tmp_path)
+    assert main(_hf_args(image, str(hf_vit_folder), tmp_path / "a", "--target", "dog")) == 0
+    out = capsys.readouterr().out
+    assert "Hugging Face vit, classifier" in out and "3 classes" in out
+    weights = out.split("weights: ")[1].splitlines()[0]
+    assert weights.startswith("Hugging Face folder") and str(hf_vit_folder.resolve()) in weights
+    record = json.loads((tmp_path / "a" / "hf" / "map.json").read_text())
+    assert record["target"] == {"index": 1, "name": "dog"}
+    assert record["model"]["weights_kind"] == "checkpoint" and "Hugging Face folder" in record["model"]["weights"]
+    # hf:DIR and the folder's weights file (no --arch) load the same model
+    assert main(_hf_args(image, f"hf:{hf_vit_folder}", tmp_path / "b")) == 0
+    assert main(_hf_args(image, str(hf_vit_folder / "model.safetensors"), tmp_path / "c")) == 0
+    capsys.readouterr()
+    maps = [np.load(tmp_path / d / "hf" / "map.npy") for d in "bc"]
+    np.testing.assert_array_equal(maps[0], maps[1])
+
+
+def test_hugging_face_model_bad_input_is_one_line(hf_vit_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image = _hf_image(tmp_path)
+    cases = {
+        "--arch": (["--arch", ARCH], "do not apply to the Hugging Face model"),
+        "class names": (["--class-names", "a,b"], "2 names for 3 classes"),
+    }
+    for extra, message in cases.values():
+        assert main(_hf_args(image, str(hf_vit_folder), tmp_path / "o", *extra)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert main(_hf_args(image, "hf:nobody/no-such-model-here", tmp_path / "o")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-model-here" in err[0] and "hub name" in err[0], err
+    assert main(_hf_args(image, "hf:", tmp_path / "o")) == 2
+    assert "after 'hf:'" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(_hf_args(image, str(empty), tmp_path / "o")) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_a_hugging_face_clip_projection_is_explained_as_an_embedding(tmp_path, capsys, monkeypatch):
+    """A CLIPVisionModelWithProjection: its projection is no classifier, so no --target; self-similarity."""
+    from caap_lens.converters.hf_config import import_transformers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf = import_transformers()
+    config = hf.CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 image_size=32, patch_size=8, projection_dim=16)
+    torch.manual_seed(0)
+    hf.CLIPVisionModelWithProjection(config).eval().save_pretrained(tmp_path / "clip")
+    image = _hf_image(tmp_path)
+    assert main(_hf_args(image, str(tmp_path / "clip"), tmp_path / "o")) == 0
+    out = capsys.readouterr().out
+    assert "16-d embedding" in out and "classes," not in out.splitlines()[0]
+    record = json.loads((tmp_path / "o" / "hf" / "map.json").read_text())
+    assert record["target"]["name"] == "own embedding (self-similarity)" and record["prediction"]["top"] == []
+    assert main(_hf_args(image, str(tmp_path / "clip"), tmp_path / "o", "--target", "3")) == 2
+    err = capsys.readouterr().err
+    assert "16-d embedding" in err and "--prompts" in err

@@ -284,3 +284,21 @@ def test_image_size_needs_whole_patches():
     module = hf.ViTModel(hf.ViTConfig(**_vit()))
     with pytest.raises(UnsupportedModelError, match="not a whole number"):
         convert_hf(module, image_size=44)
+
+
+OUTPUT_KINDS = {"vit_classifier": "classes", "deit_with_teacher": "classes", "vit_model": "embedding",
+                "clip": "embedding", "clip_projection": "embedding", "siglip_attention_pool": "embedding"}
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_KINDS))
+def test_output_kind_says_whether_the_outputs_are_classes(case):
+    """A CLIP projection head has n_classes = its width but outputs an embedding; the config says so and
+    keeps it through to_dict/from_dict."""
+    import json
+
+    from caap_lens.config import HookedViTConfig
+
+    model_class, config, _ = CASES[case]
+    cfg, _ = convert_hf(model_class(config))
+    assert cfg.output_kind == OUTPUT_KINDS[case]
+    assert HookedViTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -288,3 +288,58 @@ def test_baselines_and_curves_resolve_predicted_to_the_best_prompt(towers):
     assert ig.targets.tolist() == best
     curve = deletion_curve(model, x, ig.map, "predicted", score=prompts, steps=4)
     assert curve.targets.tolist() == best
+
+
+# ------------------------------------------------------------- projection heads are not classifiers
+@pytest.mark.skipif(not hasattr(HookedViT, "from_hf"), reason="HookedViT.from_hf is not there yet")
+def test_predicted_on_a_projection_head_needs_prompts(towers):
+    """A CLIP projection (n_classes = the projection's width) is an embedding: no argmax over it."""
+    model, prompts, _ = towers
+    assert model.cfg.output_kind == "embedding" and model.cfg.n_classes == PROJ
+    with pytest.raises(ValueError, match=r"16-d embedding.*TextPrompts.*self_similarity"):
+        caap(model, _images(1), layers=(1, 2))  # target="predicted", score="logit"
+    with pytest.raises(ValueError, match="would pick a channel of it, not a class"):
+        caap(model, _images(1), target=3, layers=(1, 2))
+    x = _images(3)
+    with torch.no_grad():
+        best = prompts.predict(model(x)).tolist()
+    assert caap(model, x, score=prompts, layers=(1, 2)).targets.tolist() == best
+
+
+def test_timm_clip_towers_say_whether_their_head_projects():
+    kw = dict(pretrained=False, depth=1, embed_dim=32, num_heads=2, img_size=32, patch_size=8)
+    tower = HookedViT.from_timm("vit_base_patch16_clip_224.openai", **kw)  # the image-text tag: a projection
+    assert (tower.cfg.n_classes, tower.cfg.output_kind) == (512, "embedding")
+    with pytest.raises(ValueError, match="512-d embedding"):
+        caap(tower, _images(1), layers=(0, 1))
+    tuned = HookedViT.from_timm("vit_base_patch16_clip_224.openai_ft_in1k", **kw)
+    assert tuned.cfg.output_kind == "classes"
+    replaced = HookedViT.from_timm("vit_base_patch16_clip_224.openai", num_classes=5, **kw)  # a new classifier
+    assert replaced.cfg.output_kind == "classes"
+    assert caap(replaced, _images(1), layers=(0, 1)).targets.shape == (1,)
+    plain = HookedViT.from_timm("vit_tiny_patch16_224", **{**kw, "embed_dim": 32})
+    assert plain.cfg.output_kind == "classes"
+
+
+@pytest.mark.skipif(not hasattr(HookedViT, "from_hf"), reason="HookedViT.from_hf is not there yet")
+def test_cli_explains_a_saved_clip_model_against_its_own_prompts(clip, towers, tmp_path, capsys):
+    """``--model`` and ``--text-model`` the same saved CLIPModel folder: its image tower, its text tower."""
+    from PIL import Image
+
+    from caap_lens.cli import main
+
+    _, _, saved = clip
+    model, prompts, _ = towers
+    image = tmp_path / "x.png"
+    pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(2)) * 255
+    Image.fromarray(pixels.byte().numpy()).save(image)
+    args = ["explain", str(image), "--model", f"hf:{saved}", "--text-model", str(saved), "--prompts", ",".join(PROMPTS),
+            "--layers", "1:2", "--no-depth", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"{PROJ}-d embedding" in out and "weights: Hugging Face folder" in out
+    x = model.preprocess(Image.open(image))
+    with torch.no_grad():
+        best = prompts.predict(model(x)).item()
+    record = json.loads((tmp_path / "out" / "x" / "map.json").read_text())
+    assert record["target"] == {"index": best, "name": PROMPTS[best]}

@@ -5,9 +5,11 @@ model has ``class_names``), or a sequence/tensor with one of those per image. A 
 integer (``2.0``, or a float tensor of labels) is that index; ``True``/``False``, ``None`` and
 non-integer floats are errors, never silently class 1, 0 or a truncated index.
 
-A headless model (``n_classes=0``) outputs its pooled feature, not class logits: targets of the
-built-in scores would index feature channels, so they are refused; score such a model by similarity
-(`caap_lens.attribution.scores`) or with your own callable.
+A model whose output is an embedding, not class scores -- a headless model (``n_classes=0``, its
+pooled feature) or a projection head such as a CLIP image tower's (``cfg.output_kind ==
+"embedding"``) -- is refused targets of the built-in scores: ``"predicted"`` would be the argmax of
+an embedding and an index a channel of it. Score such a model by similarity
+(`caap_lens.attribution.scores`), with text prompts, or with your own callable.
 
 A score that names its own targets (a `TargetSpace`, such as the text prompts of
 `caap_lens.attribution.prompts.TextPrompts`) resolves them instead of the model: names are its
@@ -118,25 +120,44 @@ def resolve_targets(
         if isinstance(target, str) and target == "predicted":
             return space.predict(source_output).long().cpu()
         return _resolve_each(model, target, batch, limit, space)
-    if isinstance(target, str) and target == "predicted":
-        if getattr(getattr(model, "cfg", None), "n_classes", None) == 0 and check_range:
-            raise ValueError(
-                f"target='predicted' needs class scores, but the model is headless (its output is a {n_out}-d "
-                "embedding): for zero-shot targets pass text prompts as the score, score=TextPrompts(prompts, "
-                "clip_model, tokenizer) (caap_lens.attribution.prompts), then 'predicted' is the best-matching "
-                "prompt; or score by similarity, e.g. score=self_similarity(model(images)) with "
-                "target=torch.arange(batch) (caap_lens.attribution.scores)"
-            )
-        return source_output.argmax(dim=-1).cpu()
-    if getattr(getattr(model, "cfg", None), "n_classes", None) == 0 and check_range:
+    what = _embedding_output(model, n_out) if check_range else None
+    if what is not None and isinstance(target, str) and target == "predicted":
         raise ValueError(
-            f"the model is headless (n_classes=0): its output is the {n_out}-dim pooled feature, not class "
-            f"logits, so target {target!r} would pick a feature channel, not a class; pass text prompts as "
+            f"target='predicted' needs class scores, but {what}: for zero-shot targets pass text prompts as the "
+            "score, score=TextPrompts(prompts, clip_model, tokenizer) (caap_lens.attribution.prompts), then "
+            "'predicted' is the best-matching prompt; or score by similarity, e.g. "
+            "score=self_similarity(model(images)) with target=torch.arange(batch) (caap_lens.attribution.scores)"
+        )
+    if what is not None:
+        raise ValueError(
+            f"{what}, so target {target!r} would pick a channel of it, not a class; pass text prompts as "
             "the score (score=TextPrompts(prompts, clip_model, tokenizer), caap_lens.attribution.prompts; "
             "targets are then prompts), score by similarity (embedding_similarity or self_similarity, "
-            "caap_lens.attribution.scores) or load the model with a head (num_classes=N)"
+            "caap_lens.attribution.scores) or load the model with a classifier head (num_classes=N)"
         )
+    if isinstance(target, str) and target == "predicted":
+        return source_output.argmax(dim=-1).cpu()
     return _resolve_each(model, target, batch, limit, None)
+
+
+def _embedding_output(model: HookedViTLike, n_out: int) -> str | None:
+    """Why the model's output is not class scores, in words (None when it is).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> clip = SimpleNamespace(cfg=SimpleNamespace(n_classes=512, output_kind="embedding"))
+        >>> _embedding_output(clip, 512)[:51]
+        "the model's output is a 512-d embedding (cfg.output"
+        >>> _embedding_output(SimpleNamespace(cfg=SimpleNamespace(n_classes=10)), 10) is None
+        True
+    """
+    cfg = getattr(model, "cfg", None)
+    if getattr(cfg, "n_classes", None) == 0:
+        return f"the model is headless (n_classes=0): its output is the {n_out}-d pooled feature, not class scores"
+    if getattr(cfg, "output_kind", "classes") == "embedding":
+        return (f"the model's output is a {n_out}-d embedding (cfg.output_kind='embedding', e.g. a CLIP projection "
+                "head), not class scores")
+    return None
 
 
 def _resolve_each(

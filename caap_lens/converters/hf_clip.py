@@ -7,7 +7,8 @@ What the HookedViT output is, per class:
                                   HF normalises the pooled token only (its ``last_hidden_state`` is not
                                   normed), so HookedViT has ``final_norm=False, pooled_norm=True``; the
                                   ``pre_layrnorm`` is ``ln_pre``; the patch projection has no bias (zeros)
-``CLIPVisionModelWithProjection``  the image embeddings: ``visual_projection`` (no bias, zeros) as the head
+``CLIPVisionModelWithProjection``  the image embeddings: ``visual_projection`` (no bias, zeros) as the head,
+                                  recorded as ``output_kind="embedding"`` (its outputs are not classes)
 ``CLIPModel``                     its image tower as ``CLIPVisionModelWithProjection``; the text tower,
                                   ``text_projection`` and ``logit_scale`` are not converted
 ``SiglipForImageClassification``  logits: ``classifier`` on the mean of ``last_hidden_state`` (the
@@ -34,8 +35,8 @@ Example:
     >>> config = hf.CLIPVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
     ...                              intermediate_size=64, image_size=16, patch_size=8, projection_dim=8)
     >>> cfg, state_dict = convert_hf_clip(hf.CLIPVisionModelWithProjection(config))
-    >>> cfg.pre_norm, cfg.final_norm, cfg.pooled_norm, cfg.act_fn, cfg.n_classes
-    (True, False, True, 'quick_gelu', 8)
+    >>> cfg.pre_norm, cfg.final_norm, cfg.pooled_norm, cfg.act_fn, cfg.n_classes, cfg.output_kind
+    (True, False, True, 'quick_gelu', 8, 'embedding')
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def convert_hf_clip(module: nn.Module, source: str = "") -> tuple[HookedViTConfi
         head = "" if name == "CLIPVisionModel" else "visual_projection"
         n_classes = int(module.visual_projection.out_features) if head else 0
         cfg = HookedViTConfig(**common, family="clip", pre_norm=True, final_norm=False, pooled_norm=True,
-                              n_classes=n_classes, output_activation="logits")
+                              n_classes=n_classes, output_activation="logits", output_kind="embedding")
         not_converted = ("text_model.", "text_projection.", "logit_scale") if name == "CLIPModel" else ()
         return cfg, read_hf(module, cfg, CLIP_LAYOUT, prefix, head, not_converted=not_converted)
     check_options(vision, ("vision_use_head",))

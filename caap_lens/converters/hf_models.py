@@ -49,7 +49,7 @@ HF_CLASSES: dict[str, str] = {
     "Dinov2Model": "the final-norm CLS token (pooler_output; headless)",
     "Dinov2WithRegistersModel": "the final-norm CLS token (pooler_output; headless)",
     "CLIPVisionModel": "pooler_output: post_layernorm of the CLS token (headless)",
-    "CLIPVisionModelWithProjection": "image_embeds (the projection is the head)",
+    "CLIPVisionModelWithProjection": "image_embeds (the projection is the head; output_kind='embedding')",
     "CLIPModel": "its image tower's image embeds (get_image_features); the text tower is not converted",
     "SiglipVisionModel": "pooler_output: the attention-pool head as pooling='map' (vision_use_head=False: the mean "
                          "of last_hidden_state); headless",

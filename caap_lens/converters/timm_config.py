@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from caap_lens.config import HookedViTConfig
@@ -245,6 +247,7 @@ def timm_config(model: nn.Module, family: str = "vit", source: str = "") -> Hook
     if len(std) != n_channels:
         std = (sum(std) / len(std),) * n_channels
     pooling = "token_dist" if distilled else pool
+    output_kind = "embedding" if _is_clip_projection(model, family, pcfg, n_classes) else "classes"
     data_config = _data_config(model, pcfg, (n_channels, *img_size), mean, std)
     return HookedViTConfig(
         n_layers=len(model.blocks),
@@ -275,8 +278,40 @@ def timm_config(model: nn.Module, family: str = "vit", source: str = "") -> Hook
         family=family,
         source=source,
         data_config=data_config,
+        output_kind=output_kind,
         weights_kind="converted",
     )
+
+
+_FINE_TUNED = re.compile(r"(^|_)(ft|in1k|in12k|in21k|in22k)(_|$)")
+
+
+def _is_clip_projection(model: nn.Module, family: str, pcfg: dict, n_classes: int) -> bool:
+    """Whether the ``head`` of a timm CLIP tower is its image-text projection, not a classifier.
+
+    timm stores both as one ``nn.Linear``; what tells them apart is the pretrained config. An image-text
+    tag (``openai``, ``laion2b``, ``dfn2b``, ``metaclip_*``, ...) records the projection's width as its
+    ``num_classes``; a fine-tuned tag (``*_ft_in1k``, ``*_in12k``, ...) records its classes. So the head
+    is a projection when the family is ``clip``, the tag is not a fine-tuned one, and the head has the
+    tag's ``num_classes`` outputs (a model created with another ``num_classes=`` has a new classifier).
+    A checkpoint fine-tuned to exactly the projection's number of classes on an image-text tag is
+    taken for a projection; pass ``num_classes`` of another size, or set ``cfg.output_kind``, then.
+
+    Example:
+        >>> from caap_lens.converters.timm_vit import create_timm
+        >>> tower = create_timm("vit_base_patch16_clip_224.openai", depth=1)
+        >>> _is_clip_projection(tower, "clip", tower.pretrained_cfg, tower.head.out_features)
+        True
+        >>> tuned = create_timm("vit_base_patch16_clip_224.openai_ft_in1k", depth=1)
+        >>> _is_clip_projection(tuned, "clip", tuned.pretrained_cfg, tuned.head.out_features)
+        False
+    """
+    if family != "clip" or not n_classes:
+        return False
+    tag = str(pcfg.get("tag", "") or "")
+    if not tag or _FINE_TUNED.search(tag):
+        return False
+    return n_classes == pcfg.get("num_classes")
 
 
 def _data_config(
