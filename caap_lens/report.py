@@ -382,7 +382,7 @@ def build_record(
         raise ValueError("the result carries no source_output: pass source_output=model(x)")
     out = to_numpy(source_output)
     out = out[index] if out.ndim == 2 else out
-    headless = model.head is None
+    headless = model.head is None or getattr(cfg, "output_kind", "classes") == "embedding"  # no classes to show
     kind = activation or cfg.output_activation
     names = tuple(model.class_names) if model.class_names is not None else None
     target = int(result.targets[index])
