@@ -68,8 +68,8 @@ def convert_hf_clip(module: nn.Module, source: str = "") -> tuple[HookedViTConfi
         source: Recorded as ``cfg.source``; default ``"hf:<class name>"``.
 
     Raises:
-        UnsupportedModelError: Another class, SigLIP's attention-pool head, or a config option HookedViT
-            cannot run (named).
+        UnsupportedModelError: Another class, or a config option HookedViT cannot run (named). SigLIP's
+            attention-pool head converts to ``pooling="map"``.
     """
     name = type(module).__name__
     if name not in HF_CLIP_CLASSES:
