@@ -109,6 +109,14 @@ class HookedViTConfig:
             (shipped with caap_lens) or ``"converted"`` (a module handed in; its origin unknown here).
         weights: The weights' origin in one human-readable line (default: derived from
             ``weights_kind``).
+        dynamic_img_size: The model runs on images of any size that is a whole number of patches
+            (timm's ``dynamic_img_size=True``): each forward resamples the position embedding to the
+            input's grid, as timm does (bicubic, antialiased, in float32). ``image_size`` stays the size
+            it was built for, which ``preprocess`` resizes to; `caap_lens.model.sizing` says how the
+            library's functions follow the input's grid.
+        pos_embed_grid: The ``(grid_h, grid_w)`` the learned position embedding covers; None (the
+            default) means ``grid_size``. Differs from ``grid_size`` only in a dynamic-size model run at
+            another size (`HookedViT.at_size`), whose position embedding is resampled on every forward.
     """
 
     n_layers: int
@@ -143,6 +151,8 @@ class HookedViTConfig:
     data_config: dict[str, Any] | None = None
     weights_kind: WeightsKind = "random"
     weights: str = ""
+    dynamic_img_size: bool = False
+    pos_embed_grid: tuple[int, int] | None = None
     # Fields read by TransformerLens's ActivationCache; fixed for this architecture.
     normalization_type: str = field(default="LN", init=False)
     attn_only: bool = field(default=False, init=False)
@@ -155,6 +165,10 @@ class HookedViTConfig:
     def __post_init__(self) -> None:
         self.image_size = _pair(self.image_size, "image_size")
         self.patch_size = _pair(self.patch_size, "patch_size")
+        if self.pos_embed_grid is not None:
+            self.pos_embed_grid = _pair(self.pos_embed_grid, "pos_embed_grid")
+            if min(self.pos_embed_grid) <= 0:
+                raise ValueError(f"pos_embed_grid must be positive (grid_h, grid_w), got {self.pos_embed_grid}")
         self.image_mean = tuple(float(v) for v in self.image_mean)
         self.image_std = tuple(float(v) for v in self.image_std)
         for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_channels"):
@@ -266,9 +280,15 @@ class HookedViTConfig:
         return tuple(range(first, self.n_tokens))
 
     @property
+    def learned_grid(self) -> tuple[int, int]:
+        """The grid the learned position embedding covers: ``pos_embed_grid``, or ``grid_size``."""
+        return self.pos_embed_grid if self.pos_embed_grid is not None else self.grid_size
+
+    @property
     def n_pos_embed(self) -> int:
         """Rows of the learned position embedding."""
-        return self.n_tokens if self.pos_embed_on_prefix else self.n_patches
+        grid = self.learned_grid
+        return grid[0] * grid[1] + (self.n_prefix_tokens if self.pos_embed_on_prefix else 0)
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict that `from_dict` turns back into an equal config.

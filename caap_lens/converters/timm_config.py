@@ -4,10 +4,11 @@
 option of timm's ``VisionTransformer`` is either read into the config (and modelled by `HookedViT`,
 with parity tests), has no effect in eval mode (dropout rates, patch dropout, weight init), or is
 rejected with an `UnsupportedModelError` naming the option, before any weight is read. Refused, with
-the reason in the message: ``dynamic_img_size=True`` (HookedViT's grid is fixed when it is built),
+the reason in the message: ``dynamic_img_pad=True`` (the input padded to whole patches),
 ``block_fn=ResPostBlock`` (post-norm: its norms sit where TransformerLens's ``ln1``/``ln2`` hooks do
 not), ``global_pool='prr'`` and no pooling (``''``). ``global_pool='map'`` (SigLIP's attention pool)
-is modelled by `caap_lens.model.attention_pool`.
+is modelled by `caap_lens.model.attention_pool`, ``dynamic_img_size=True`` by
+`caap_lens.model.sizing`.
 
 Example:
     >>> from caap_lens.converters.timm_vit import create_timm
@@ -181,13 +182,6 @@ def timm_config(model: nn.Module, family: str = "vit", source: str = "") -> Hook
             f"global_pool={pool!r} is not supported ({what}); create the model with "
             f"global_pool={' or '.join(repr(p) for p in _POOLS + ('map',))}"
         )
-    if getattr(model, "dynamic_img_size", False):
-        raise unsupported(
-            "dynamic_img_size=True is not supported: HookedViT runs at one image size (its patch grid, "
-            "token count and position embedding are fixed when it is built, and patching maps index that "
-            "grid); create the timm model with dynamic_img_size=False and img_size= the size to run at "
-            "(timm resamples the position embedding when it loads pretrained weights or a checkpoint)"
-        )
     if len(model.blocks) == 0:
         raise unsupported("the model has no transformer blocks (timm option depth=0); depth must be >= 1")
     if getattr(model, "pos_embed", None) is None:
@@ -280,6 +274,7 @@ def timm_config(model: nn.Module, family: str = "vit", source: str = "") -> Hook
         data_config=data_config,
         output_kind=output_kind,
         weights_kind="converted",
+        dynamic_img_size=bool(getattr(model, "dynamic_img_size", False)),
     )
 
 

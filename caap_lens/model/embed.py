@@ -57,15 +57,41 @@ class PatchEmbed(nn.Module):
 
 
 class PosEmbed(nn.Module):
-    """Learned absolute position embedding, broadcast over the batch."""
+    """Learned absolute position embedding, broadcast over the batch, resampled to the input's grid.
 
-    def __init__(self, n_pos_embed: int, d_model: int, n_tokens: int):
+    ``W_pos`` holds the rows for the prefix tokens that get a position (all of them, or none) and then
+    one row per cell of ``learned_grid``. An input on another grid (a dynamic-size model) gets the
+    patch rows resampled as timm's ``resample_abs_pos_embed`` does: bicubic, antialiased, in float32,
+    back in the embedding's dtype; the prefix rows are kept. On the learned grid nothing is resampled.
+
+    Example:
+        >>> pos = PosEmbed(d_model=4, learned_grid=(2, 2), n_prefix=1, pos_on_prefix=True)
+        >>> pos(2).shape, pos(1, grid_size=(3, 2)).shape
+        (torch.Size([2, 5, 4]), torch.Size([1, 7, 4]))
+    """
+
+    def __init__(self, d_model: int, learned_grid: tuple[int, int], n_prefix: int, pos_on_prefix: bool):
         super().__init__()
-        self.W_pos = nn.Parameter(torch.zeros(n_pos_embed, d_model))
-        self.n_unembedded = n_tokens - n_pos_embed  # leading prefix tokens that get no position
+        self.learned_grid = tuple(learned_grid)
+        self.n_embedded_prefix = n_prefix if pos_on_prefix else 0  # prefix rows in W_pos
+        self.n_unembedded = 0 if pos_on_prefix else n_prefix  # leading prefix tokens that get no position
+        n_rows = self.n_embedded_prefix + learned_grid[0] * learned_grid[1]
+        self.W_pos = nn.Parameter(torch.zeros(n_rows, d_model))
 
-    def forward(self, batch: int) -> Float[Tensor, "batch pos d_model"]:
+    def resampled(self, grid_size: tuple[int, int]) -> Float[Tensor, "n_pos d_model"]:
+        """``W_pos`` on ``grid_size``: the learned rows themselves on the learned grid."""
         pos = self.W_pos
+        if tuple(grid_size) == self.learned_grid:
+            return pos
+        prefix, cells = pos[: self.n_embedded_prefix], pos[self.n_embedded_prefix :]
+        d_model = pos.shape[1]
+        cells = cells.float().reshape(1, *self.learned_grid, d_model).permute(0, 3, 1, 2)  # [1, d, gh, gw]
+        cells = F.interpolate(cells, size=tuple(grid_size), mode="bicubic", antialias=True)
+        cells = cells.permute(0, 2, 3, 1).reshape(-1, d_model).to(pos.dtype)
+        return torch.cat([prefix, cells], dim=0)
+
+    def forward(self, batch: int, grid_size: tuple[int, int] | None = None) -> Float[Tensor, "batch pos d_model"]:
+        pos = self.resampled(self.learned_grid if grid_size is None else grid_size)
         if self.n_unembedded:
             pos = torch.cat([pos.new_zeros(self.n_unembedded, pos.shape[1]), pos], dim=0)
         return pos.unsqueeze(0).expand(batch, -1, -1)

@@ -50,11 +50,11 @@ from transformer_lens.hook_points import HookPoint
 
 from caap_lens import converters
 from caap_lens.config import HookedViTConfig
-from caap_lens.grid import PatchGrid
 from caap_lens.model.attention_pool import AttentionPool
 from caap_lens.model.block import TransformerBlock
 from caap_lens.model.embed import PatchEmbed, PosEmbed
 from caap_lens.model.layer_norm import LayerNorm, has_hooks
+from caap_lens.model.sizing import check_size, config_at_size, grid_of
 from caap_lens.model.tl_surface import TransformerLensSurface, ViTActivationCache
 from caap_lens.preprocessing import preprocess
 
@@ -75,7 +75,7 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
         self.embed = PatchEmbed(
             d, cfg.patch_size, cfg.n_channels, cfg.class_token, cfg.distilled, cfg.n_register_tokens
         )
-        self.pos_embed = PosEmbed(cfg.n_pos_embed, d, cfg.n_tokens)
+        self.pos_embed = PosEmbed(d, cfg.learned_grid, cfg.n_prefix_tokens, cfg.pos_embed_on_prefix)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.ln_pre = LayerNorm(d, cfg.eps) if cfg.pre_norm else None
@@ -99,8 +99,9 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
         self.class_names = tuple(class_names) if class_names is not None else None
         if self.class_names is not None and len(self.class_names) != cfg.n_classes:
             raise ValueError(f"{len(self.class_names)} class names for {cfg.n_classes} classes")
-        self.grid = PatchGrid(cfg.grid_size, cfg.patch_size, cfg.n_prefix_tokens)  # type: ignore[arg-type]
+        self.grid = grid_of(cfg)
         self._lock = threading.RLock()
+        self._base: HookedViT | None = None  # the model this is a view of (`at_size`), or None
         self.eval()
         self.setup()
 
@@ -116,6 +117,28 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
         ``add_hook`` ... ``reset_hooks`` sequences that must not interleave with other threads.
         """
         return self._lock
+
+    # TransformerLens's hook-nesting counter and caching flag: one for a model and all its views at other
+    # sizes (`at_size`), since they share hook points; a view keeping its own would reset outer hooks.
+    @property
+    def context_level(self) -> int:
+        return self._shared_state().get("_context_level", 0)
+
+    @context_level.setter
+    def context_level(self, value: int) -> None:
+        self._shared_state()["_context_level"] = value
+
+    @property
+    def is_caching(self) -> bool:
+        return self._shared_state().get("_is_caching", False)
+
+    @is_caching.setter
+    def is_caching(self, value: bool) -> None:
+        self._shared_state()["_is_caching"] = value
+
+    def _shared_state(self) -> dict:
+        base = self.__dict__.get("_base")
+        return (self if base is None else base).__dict__
 
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())  # a copy: the live model keeps its lock
@@ -295,10 +318,61 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
                        data_config=getattr(cfg, "data_config", None))
         return x.to(device=self.device, dtype=self.dtype)
 
+    @property
+    def any_size(self) -> bool:
+        """Whether this model takes images of any whole number of patches (a dynamic-size model, not a
+        view of one `at_size`)."""
+        return bool(self.cfg.dynamic_img_size) and self._base is None
+
+    def at_size(self, image_size: int | tuple[int, int]) -> "HookedViT":
+        """This dynamic-size model at ``image_size``: same weights, hooks and lock; that size's grid.
+
+        The view's ``cfg.image_size``, ``grid`` and ``cfg.n_tokens`` are those of ``image_size`` images
+        and it takes only those; a hook added to it is a hook on the model (they share hook points).
+        caap_lens's functions call this for you (`caap_lens.model.sizing`). The model's own size gives the
+        model itself.
+
+        Raises:
+            ValueError: The model is not dynamic-size (the message says how to get one), or the size is
+                not a whole number of patches.
+
+        Example:
+            >>> cfg = HookedViTConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=16, image_size=16,
+            ...                       patch_size=8, n_classes=2, dynamic_img_size=True)
+            >>> big = HookedViT(cfg).at_size((24, 32))
+            >>> big.grid.grid_size, big.cfg.n_tokens, big.cfg.pos_embed_grid
+            ((3, 4), 13, (2, 2))
+        """
+        base = self if self._base is None else self._base
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
+        if size == tuple(base.cfg.image_size):
+            return base
+        if size == tuple(self.cfg.image_size):
+            return self
+        if not base.cfg.dynamic_img_size:
+            raise ValueError(
+                f"this model runs at {tuple(base.cfg.image_size)} only, not {size}: convert it with timm's "
+                f"dynamic_img_size=True (HookedViT.from_timm(name, dynamic_img_size=True)) to run it at other "
+                f"sizes, or resize the images (model.preprocess)"
+            )
+        view = object.__new__(type(self))
+        view.__dict__.update(base.__dict__)  # the same modules, parameters, hook points and lock
+        cfg = config_at_size(base.cfg, size)
+        view.__dict__.update(cfg=cfg, grid=grid_of(cfg), _base=base)
+        return view
+
     def check_images(self, images: Any) -> Tensor:
-        """Raises a clear error unless ``images`` is a normalised ``[batch, C, H, W]`` input batch."""
+        """Raises a clear error unless ``images`` is a normalised ``[batch, C, H, W]`` input batch.
+
+        ``H, W`` must be ``cfg.image_size``, or any whole number of patches for a dynamic-size model.
+        """
         cfg = self.cfg
-        expected = f"[batch, {cfg.n_channels}, {cfg.image_size[0]}, {cfg.image_size[1]}]"  # type: ignore[index]
+        any_size = self.any_size
+        if any_size:
+            expected = (f"[batch, {cfg.n_channels}, H, W] with H, W multiples of the patch size "
+                        f"{cfg.patch_size}")
+        else:
+            expected = f"[batch, {cfg.n_channels}, {cfg.image_size[0]}, {cfg.image_size[1]}]"  # type: ignore[index]
         if not isinstance(images, Tensor):
             raise TypeError(
                 f"expected a float tensor {expected}, got {type(images).__name__}; "
@@ -314,11 +388,16 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
                 f"expected a batch {expected}, got one unbatched image {tuple(images.shape)}; "
                 "add a batch axis with images.unsqueeze(0)"
             )
-        if images.ndim != 4 or images.shape[1] != cfg.n_channels or tuple(images.shape[2:]) != cfg.image_size:
-            raise ValueError(
-                f"expected images {expected}, got {tuple(images.shape)}; "
-                "use model.preprocess(images) to resize"
-            )
+        if images.ndim != 4 or images.shape[1] != cfg.n_channels or (
+                not any_size and tuple(images.shape[2:]) != cfg.image_size):
+            hint = "use model.preprocess(images) to resize"
+            if images.ndim == 4 and images.shape[1] == cfg.n_channels:
+                hint += (", or pass them to the dynamic-size model itself (this is its view at one size)"
+                         if cfg.dynamic_img_size else
+                         ", or convert the model with timm's dynamic_img_size=True to run it at other sizes")
+            raise ValueError(f"expected images {expected}, got {tuple(images.shape)}; {hint}")
+        if any_size:
+            check_size(cfg, tuple(images.shape[2:]))
         if images.dtype != self.dtype:
             raise TypeError(
                 f"images are {images.dtype} but the model is {self.dtype}: convert with images.to({self.dtype})"
@@ -327,7 +406,10 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
 
     def _check_resid(self, resid: Any, layer: int) -> Tensor:
         expected = (self.cfg.n_tokens, self.cfg.d_model)
-        if not isinstance(resid, Tensor) or resid.ndim != 3 or tuple(resid.shape[1:]) != expected:
+        fits = isinstance(resid, Tensor) and resid.ndim == 3 and (
+            tuple(resid.shape[1:]) == expected
+            or (self.any_size and resid.shape[2] == expected[1] and resid.shape[1] > self.cfg.n_prefix_tokens))
+        if not fits:
             shape = tuple(resid.shape) if isinstance(resid, Tensor) else type(resid).__name__
             raise ValueError(
                 f"start_at_layer={layer} expects the residual stream [batch, {expected[0]}, "
@@ -355,7 +437,9 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
     def embed_images(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch pos d_model"]:
         """The residual stream before block 0."""
         tokens = self.hook_embed(self.embed(images))
-        resid = tokens + self.hook_pos_embed(self.pos_embed(images.shape[0]))
+        ph, pw = self.cfg.patch_size  # type: ignore[misc]
+        grid = (images.shape[2] // ph, images.shape[3] // pw)
+        resid = tokens + self.hook_pos_embed(self.pos_embed(images.shape[0], grid))
         return resid if self.ln_pre is None else self.ln_pre(resid)
 
     def pool(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
@@ -514,10 +598,17 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
     def W_pos(self) -> Float[Tensor, "n_pos d_model"]:
         return self.pos_embed.W_pos
 
+    def _size_note(self) -> str:
+        if not self.cfg.dynamic_img_size:
+            return ""
+        if self._base is None:
+            return ", any image size (dynamic)"
+        return f", a view at this size of the dynamic-size model built for {self._base.cfg.image_size}"
+
     def __repr__(self) -> str:
         c = self.cfg
         return (
             f"HookedViT({c.family}: {c.n_layers} layers, d_model={c.d_model}, {c.n_heads} heads, "
             f"image {c.image_size}, patch {c.patch_size}, grid {c.grid_size}, "
-            f"{c.n_prefix_tokens} prefix tokens, {c.n_classes} classes; weights: {c.weights})"
+            f"{c.n_prefix_tokens} prefix tokens, {c.n_classes} classes{self._size_note()}; weights: {c.weights})"
         )
