@@ -73,6 +73,7 @@ from caap_lens.attribution.result import CAAPResult
 from caap_lens.config import OutputActivation
 from caap_lens.grid import PatchGrid
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 from caap_lens.plot.classes import AXIS_TITLES, class_label, top_classes, top_classes_bar
 from caap_lens.plot.common import (
     check_values,
@@ -371,11 +372,12 @@ def build_record(
         >>> record.top_classes[0]["name"], record.map.shape
         ('sneaker', (8, 8))
     """
+    x = image_tensor if image_tensor.ndim == 4 else image_tensor[None]
+    model = at_image_size(model, x)  # a dynamic-size model on the image's grid
     grid, cfg = model.grid, model.cfg
     check_values(values)
     if result.map.ndim != 3 or tuple(result.map.shape[-2:]) != tuple(grid.grid_size):
         raise ValueError(f"a report needs a patch map [batch, grid_h, grid_w], got {tuple(result.map.shape)}")
-    x = image_tensor if image_tensor.ndim == 4 else image_tensor[None]
     if source_output is None:
         source_output = result.source_output
     if source_output is None:

@@ -34,6 +34,7 @@ from caap_lens.attribution.storage import describe_settings, load_result, save_r
 from caap_lens.attribution.targets import TargetLike
 from caap_lens.grid import PatchGrid
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 
 
 @dataclass
@@ -155,7 +156,7 @@ def window_sweep(
         settings=settings,
         timing=run.timing,
         source_output=run.source_output,
-        grid=model.grid,
+        grid=run.grid,
     )
 
 
@@ -209,6 +210,7 @@ def depth_profile(
     if region is not None:
         raise ValueError("give patches= (single patches, grid-shaped maps) or region= (region maps), not both")
     x = prepare_images(model, images)
+    model = at_image_size(model, x)
     region, index = _patch_regions(model, patches, x.shape[0])
     sweep = window_sweep(model, x, target, windows, region=region, **options)  # [n_layers, batch, k]
     n_w, batch = sweep.maps.shape[:2]
@@ -278,4 +280,4 @@ def score_sweep(
         heads=heads, batch_size=batch_size, dtype=dtype, progress=progress, fwd_hooks=fwd_hooks,
     )
     run = patched_scores(model, images, target, settings)
-    return {name: run.result(name, 0, model.grid) for name, _ in settings.scores}
+    return {name: run.result(name, 0) for name, _ in settings.scores}

@@ -37,6 +37,7 @@ from caap_lens.attribution.runner import Window
 from caap_lens.attribution.result import CAAPResult, PatchedScores
 from caap_lens.attribution.scores import ScoreLike, resolve_score
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 
 __all__ = ["AutoWindow", "FRACTIONS", "caap_auto", "candidate_windows", "choose_window"]
 
@@ -146,6 +147,7 @@ def choose_window(
     """
     t0 = time.perf_counter()
     images = prepare_images(model, images)
+    model = at_image_size(model, images)
     cands = list(candidates) if candidates is not None else candidate_windows(model.cfg.n_layers)
     if not cands:
         raise ValueError("choose_window needs at least one candidate window")
@@ -188,4 +190,4 @@ def caap_auto(model: HookedViTLike, images: Any, target: Any = "predicted", *, r
     settings = {"layers": "auto", **run.settings, "relative": relative,
                 "windows": choice.windows, "candidates": choice.candidates}
     return CAAPResult(map=values, targets=run.targets, source_score=run.source_score[name], context_score=ctx,
-                      grid=model.grid, settings=settings, timing=run.timing, source_output=run.source_output)
+                      grid=run.grid, settings=settings, timing=run.timing, source_output=run.source_output)

@@ -53,6 +53,7 @@ from caap_lens.attribution.settings import (  # re-exported: they were defined h
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.attribution.units import Units, check_heads, head_units, patch_units, region_units
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 from caap_lens.patching import patchable_hook_name
 from caap_lens.preprocessing import check_finite, warn_if_unnormalised
 
@@ -164,6 +165,7 @@ def _patched_scores(
     with lowered_blocks(model, settings.dtype), torch.inference_mode(), \
             model.hooks(fwd_hooks=list(settings.fwd_hooks)):
         x = images if prepared else prepare_images(model, images)
+        model = at_image_size(model, x)  # a dynamic-size model on the images' own grid
         batch = x.shape[0]
         units = units if units is not None else build_units(model, batch, settings.region, settings.heads)
         layers = sorted({layer for start, stop in windows for layer in range(start, stop)})
@@ -198,7 +200,7 @@ def _patched_scores(
     timing = {"seconds": time.perf_counter() - t0, "patched_seconds": t2 - t1, "rows": rows * len(by_start),
               "block_evals": block_evals}
     return PatchedScores(maps=maps, targets=targets, source_output=source_out, source_score=source_scores,
-                         context_score=context_scores, settings=settings, timing=timing)
+                         context_score=context_scores, settings=settings, timing=timing, grid=model.grid)
 
 
 def caap(
@@ -273,7 +275,7 @@ def caap_with(model: HookedViTLike, images: Any, target: TargetLike, settings: C
     """`caap` with settings made by `caap_settings` (one window, or ``per_layer`` windows; one score)."""
     run = patched_scores(model, images, target, settings, prepared=prepared)
     if not settings.per_layer:
-        return run.result(settings.score, 0, model.grid)
+        return run.result(settings.score, 0)
     name = settings.score
     # per_layer: each layer is its own window, with its own context run (they differ for
     # activation contexts such as "mean_activation"): context_score [batch, n_window_layers].
@@ -282,7 +284,7 @@ def caap_with(model: HookedViTLike, images: Any, target: TargetLike, settings: C
         targets=run.targets,
         source_score=run.source_score[name],
         context_score=run.context_score[name].transpose(0, 1),
-        grid=model.grid,
+        grid=run.grid,
         settings=settings,
         timing=run.timing,
         source_output=run.source_output,

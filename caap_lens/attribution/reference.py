@@ -22,6 +22,7 @@ from caap_lens.attribution.contexts import ImageContext, resolve_context
 from caap_lens.attribution.scores import scores_index_classes, ScoreLike, resolve_score, target_space
 from caap_lens.attribution.targets import resolve_targets
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 from caap_lens.patching import patch_hooks, resolve_hook, token_mask_for_patches
 
 
@@ -39,6 +40,7 @@ def caap_naive(
     Image contexts run from the context image at full depth; activation contexts (which only exist
     at the window start) run from the context residual with ``start_at_layer``.
     """
+    model = at_image_size(model, images)
     hook = resolve_hook(hook)
     start, stop = layers
     score_fn = resolve_score(score)

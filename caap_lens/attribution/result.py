@@ -159,6 +159,7 @@ class PatchedScores:
         context_score: ``[n_windows, batch]`` per score name (the context run of each window).
         settings: The `CAAPSettings` of the run.
         timing: As in `CAAPResult`.
+        grid: The `PatchGrid` of the images the run was on (a dynamic-size model's grid follows them).
     """
 
     maps: dict[str, Tensor]
@@ -168,8 +169,9 @@ class PatchedScores:
     context_score: dict[str, Tensor]
     settings: Any
     timing: dict[str, float]
+    grid: PatchGrid
 
-    def result(self, name: str, window: int, grid: PatchGrid) -> CAAPResult:
+    def result(self, name: str, window: int) -> CAAPResult:
         """The `CAAPResult` of one score and one window (its settings name that score only)."""
         settings = self.settings
         if hasattr(settings, "scores") and len(settings.scores) > 1:
@@ -179,7 +181,7 @@ class PatchedScores:
             targets=self.targets,
             source_score=self.source_score[name],
             context_score=self.context_score[name][window],
-            grid=grid,
+            grid=self.grid,
             settings=settings,
             timing=self.timing,
             source_output=self.source_output,

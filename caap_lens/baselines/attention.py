@@ -69,6 +69,7 @@ from caap_lens.baselines.base import (
     target_scores,
 )
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 
 Pattern = Float[Tensor, "batch head query key"]
 
@@ -155,6 +156,7 @@ def raw_attention(
         >>> patch_map, _ = raw_attention(model, images, targets, layer=-1, head_fusion="max")
     """
     fusion = renamed("raw_attention", "heads", "head_fusion", old_value=heads, new_value=head_fusion, default="mean")
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     index = layer_index(model, layer)
     reduce_heads(torch.zeros(1, model.cfg.n_heads, 1, 1), fusion)  # validate before running
@@ -193,6 +195,7 @@ def rollout(
         >>> patch_map, _ = rollout(model, images, targets, start_layer=2)
     """
     fusion = renamed("rollout", "heads", "head_fusion", old_value=heads, new_value=head_fusion, default="mean")
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     start = layer_index(model, start_layer, "start_layer")
     reduce_heads(torch.zeros(1, model.cfg.n_heads, 1, 1), fusion)
@@ -250,6 +253,7 @@ def gradient_weighted_attention(
     Example:
         >>> patch_map, _ = gradient_weighted_attention(model, images, torch.tensor([3, 5]))
     """
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     start = layer_index(model, start_layer, "start_layer")
     patterns, grads = _patterns_and_grads(model, images, targets, list(range(start, model.cfg.n_layers)), score)
@@ -297,6 +301,7 @@ def attention_gradcam(
     Example:
         >>> patch_map, _ = attention_gradcam(model, images, torch.tensor([3, 5]))
     """
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     index = layer_index(model, layer)
     (pattern,), (grad,) = _patterns_and_grads(model, images, targets, [index], score)

@@ -54,6 +54,7 @@ from caap_lens.baselines.base import (
     target_scores,
 )
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 from caap_lens.patching import patchable_hook_name
 from caap_lens.stats import pearson, spearman
 
@@ -88,6 +89,7 @@ def attribution_patching(
     Example:
         >>> patch_map, _ = attribution_patching(model, images, targets, layers=(2, 3), hook="z")
     """
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     settings = caap_settings(model, layers=layers, context=context, hook=hook, scores=[score])  # as CAAP checks them
     (start, stop), hook, ctx = settings.layers, settings.hook, settings.context

@@ -53,6 +53,7 @@ from caap_lens.attribution.storage import describe_settings, load_result, save_r
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.grid import PatchGrid
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 
 Images = Float[Tensor, "batch channel height width"]
 Targets = Int[Tensor, " batch"]
@@ -227,6 +228,7 @@ def attribute(
     settings = _settings(name, fn, options)
     t0 = time.perf_counter()
     x = prepare_images(model, images)
+    model = at_image_size(model, x)  # a dynamic-size model on the images' grid
     if getattr(fn, "resolves_targets", False):
         output = fn(model, x, target, **options)
         info = dict(output[2])

@@ -47,6 +47,7 @@ from caap_lens.baselines.base import (
     target_scores,
 )
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 
 
 def default_gradcam_hook(model: HookedViTLike) -> str:
@@ -90,6 +91,7 @@ def token_gradcam(
         >>> patch_map, _ = token_gradcam(model, images, targets, hook_name="blocks.3.hook_resid_post")
     """
     name = renamed("token_gradcam", "hook", "hook_name", old_value=hook, new_value=hook_name, default=None)
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     name = name if name is not None else default_gradcam_hook(model)
     if name not in model.hook_dict:
@@ -220,6 +222,7 @@ def integrated_gradients(
         >>> result.info["completeness_error"].max() <= 0.01
         tensor(True)
     """
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     if isinstance(internal_batch_size, bool) or int(internal_batch_size) != internal_batch_size or internal_batch_size < 1:
         raise ValueError(f"internal_batch_size must be a positive int, got {internal_batch_size!r}")

@@ -55,6 +55,7 @@ from torch import Tensor
 from caap_lens.attribution.scores import ScoreLike
 from caap_lens.baselines.base import Images, Targets, check_inputs, gradients_enabled, grads_of, target_scores
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 
 Hook = Callable[..., Tensor]
 
@@ -165,6 +166,7 @@ def attnlrp(
         >>> result.pixels.shape
         torch.Size([2, 64, 64])
     """
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     with gradients_enabled(), model.hooks(fwd_hooks=lrp_hooks(model, softmax)):
         x = images.detach().clone().requires_grad_(True)

@@ -35,6 +35,7 @@ from torch import Tensor
 from caap_lens.attribution.scores import ScoreLike, resolve_score
 from caap_lens.baselines.base import Images, MethodOutput, Targets, check_inputs, context_image
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 
 Masks = Float[Tensor, "n_masks height width"]
 
@@ -99,6 +100,7 @@ def occlusion(
     Example:
         >>> patch_map, _ = occlusion(model, images, targets, context="black", batch_size=32)
     """
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     batch_size = _positive_int(batch_size, "batch_size")
     ctx = context_image(model, images, context)
@@ -218,6 +220,7 @@ def rise(
     Example:
         >>> patch_map, pixels = rise(model, images, targets, n_masks=4000, cells=(7, 7))  # doctest: +SKIP
     """
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     batch_size = _positive_int(batch_size, "batch_size")
     cells = tuple(cells) if cells is not None else model.grid.grid_size

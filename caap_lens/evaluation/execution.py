@@ -144,6 +144,13 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> Tensor:
 
 def _preprocess(model: HookedViTLike, image: Any) -> Tensor:
     if isinstance(image, Tensor) and image.is_floating_point() and image.ndim == 3:
+        if getattr(model.cfg, "dynamic_img_size", False) and tuple(image.shape[-2:]) != tuple(model.cfg.image_size):
+            # a dynamic-size model takes it, but units are batched and their masks sized at one size
+            raise ValueError(
+                f"an evaluation runs at the model's image size {tuple(model.cfg.image_size)}, and this image is "
+                f"{tuple(image.shape[-2:])}: resize the data set's images, pass them as PIL images or arrays "
+                f"(preprocessed for you), or evaluate model.at_size({tuple(image.shape[-2:])})"
+            )
         return model.check_images(image[None].to(device=model.device, dtype=model.dtype))
     return model.preprocess(image[None] if isinstance(image, np.ndarray) and image.ndim == 3 else image)
 

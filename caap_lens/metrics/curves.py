@@ -64,6 +64,7 @@ from caap_lens.attribution.contexts import ImageContext, resolve_context
 from caap_lens.attribution.scores import ScoreLike, resolve_score, score_name, scores_index_classes, target_space
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 from caap_lens.stats import MeanCI, mean_ci
 
 Unit = Literal["patch", "pixel"]
@@ -307,6 +308,7 @@ def perturbed_images(
         >>> x.shape  # [batch, 2, C, H, W]; x[:, 1] has the top-3 patches replaced
         torch.Size([2, 2, 3, 64, 64])
     """
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images = model.check_images(images)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -334,6 +336,7 @@ def _run(
     fractions: Sequence[float] | None = None,
 ) -> Curve:
     """The engine of every curve: ``steps`` (RISE) or ``fractions`` (Chefer) give the counts."""
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images = model.check_images(images)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -411,6 +414,7 @@ def deletion_curve(
         >>> 0 <= float(curve.auc.mean()) <= 1
         True
     """
+    model = at_image_size(model, images)
     steps = model.grid.n_patches if steps is None else steps
     return _run(model, images, maps, targets, "deletion", substrate, unit, score, batch_size, steps=steps)
 
@@ -438,6 +442,7 @@ def insertion_curve(
     Example:
         >>> curve = insertion_curve(model, images, maps, "predicted", steps=16)
     """
+    model = at_image_size(model, images)
     steps = model.grid.n_patches if steps is None else steps
     return _run(model, images, maps, targets, "insertion", substrate, unit, score, batch_size, steps=steps)
 

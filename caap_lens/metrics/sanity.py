@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from caap_lens._deprecation import UNSET, renamed
 from caap_lens.attribution.targets import TargetLike, resolve_targets
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.model.sizing import at_image_size
 from caap_lens.stats import mean_ci, spearman
 
 MethodFn = Callable[[Any, Tensor, Tensor], Tensor]
@@ -204,6 +205,7 @@ def randomisation_check(
     """
     start_layers = renamed("randomisation_check", "from_layers", "start_layers", old_value=from_layers,
                            new_value=start_layers, default=None)
+    model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images = model.check_images(images)
     stages = (*range(model.cfg.n_layers, -1, -1), EMBED) if start_layers is None else tuple(start_layers)
     if not stages:
