@@ -5,9 +5,10 @@ two outcomes is allowed:
 
 * the config uses only options HookedViT models, and then the converted model's plain forward equals
   timm's bit for bit, and its cached forward (``run_with_cache``, which materialises attention
-  patterns) agrees within 1e-5 relative to the largest logit;
+  patterns) agrees within 1e-5 relative to the largest logit; with ``dynamic_img_size=True`` the plain
+  forward is also compared on images of a second, non-square size;
 * the config uses an option HookedViT does not model (attention or no pooling, ``pos_embed='none'``,
-  ``dynamic_img_size=True``, ``qk_norm``, a non-LayerNorm ``norm_layer``, ``block_fn=ResPostBlock``
+  ``qk_norm``, a non-LayerNorm ``norm_layer``, ``block_fn=ResPostBlock``
   or ``ParallelScalingBlock``, a gated ``mlp_layer``, ...), and then ``from_timm`` raises
   `UnsupportedModelError` whose message names that option.
 
@@ -31,7 +32,7 @@ from caap_lens.loading.timm_vit import UnsupportedModelError, from_timm  # noqa:
 
 from conftest import get_timm, perturb_  # noqa: E402
 
-N_CONFIGS = 80
+N_CONFIGS = 100
 SUPPORTED_ACTS = ("gelu", "gelu_tanh", "quick_gelu", "relu")
 UNSUPPORTED_ACTS = ("silu",)
 RUN: dict[str, float] = {"configs": 0, "converted": 0, "refused": 0}
@@ -70,7 +71,7 @@ def vit_configs(draw: st.DrawFn) -> dict:
         final_norm=draw(st.booleans()),
         fc_norm=draw(st.sampled_from([None, None, True, False])),
         pool_include_prefix=draw(st.booleans()),
-        dynamic_img_size=draw(st.sampled_from([False] * 7 + [True])),
+        dynamic_img_size=draw(st.sampled_from([False, False, True])),
         act_layer=draw(st.sampled_from(SUPPORTED_ACTS + SUPPORTED_ACTS + UNSUPPORTED_ACTS)),
         # rarely drawn: options HookedViT does not model
         qk_norm=draw(st.sampled_from([False] * 11 + [True])),
@@ -109,7 +110,7 @@ def unsupported_options(kwargs: dict) -> set[str]:
         out.add("pos_embed='none'")
     if kwargs["act_layer"] in UNSUPPORTED_ACTS:
         out.add("act_layer")
-    for flag in ("qk_norm", "scale_attn_norm", "scale_mlp_norm", "dynamic_img_size"):
+    for flag in ("qk_norm", "scale_attn_norm", "scale_mlp_norm"):
         if kwargs[flag]:
             out.add(f"{flag}=True")
     block_fn = getattr(kwargs.get("block_fn"), "__name__", kwargs.get("block_fn")) or "Block"
@@ -168,6 +169,16 @@ def check_config(kwargs: dict, seed: int = 0) -> str:
     rel = ((cached - expected).abs().max() / scale).item()
     assert rel <= 1e-5, f"cached forward differs by {rel:.3e} relative: {kwargs}"
     assert len(cache) > 0
+    if kwargs["dynamic_img_size"]:  # any whole number of patches: a second, non-square grid
+        ph, pw = (kwargs["patch_size"],) * 2 if isinstance(kwargs["patch_size"], int) else kwargs["patch_size"]
+        other = (kwargs["img_size"][0] + ph, kwargs["img_size"][1] + 2 * pw)
+        x2 = torch.randn(2, kwargs["in_chans"], *other, generator=gen)
+        with torch.no_grad():
+            expected2, plain2 = model(x2), hooked(x2)
+        assert torch.equal(plain2, expected2), (
+            f"plain forward at {other} differs by {(plain2 - expected2).abs().max().item():.3e}: {kwargs}"
+        )
+        RUN["dynamic"] = RUN.get("dynamic", 0) + 1
     return "converted"
 
 
@@ -191,6 +202,7 @@ def test_fuzz_drew_both_outcomes():
         pytest.skip("the fuzz test did not run in this session")
     assert RUN["converted"] >= N_CONFIGS // 3, RUN
     assert RUN["refused"] >= 3, RUN
+    assert RUN.get("dynamic", 0) >= 3, RUN  # converted dynamic-size configs, compared at a second size
     print(f"[fuzz parity] {RUN}")
 
 
@@ -209,10 +221,13 @@ def test_fuzz_drew_both_outcomes():
         {"global_pool": "token", "distilled": True, "pos_embed": "none"},
         {"global_pool": "map", "reg_tokens": 1, "num_classes": 0},
         {"global_pool": "map", "class_token": False, "fc_norm": True, "act_layer": "quick_gelu"},
+        {"global_pool": "token", "dynamic_img_size": True, "reg_tokens": 2},
+        {"global_pool": "avg", "dynamic_img_size": True, "no_embed_class": True, "reg_tokens": 1},
+        {"global_pool": "token", "distilled": True, "dynamic_img_size": True},
     ],
     ids=["avg_prefix", "max_prefix_reg", "avgmax_nocls", "no_biases", "fc_norm_token", "no_embed_class_reg",
          "in_chans1", "in_chans4", "distilled_headless", "distilled_pos_embed_none",
-         "map_reg_headless", "map_fc_norm"],
+         "map_reg_headless", "map_fc_norm", "dynamic_reg", "dynamic_avg_no_embed_class", "dynamic_distilled"],
 )
 def test_named_configs_convert_exactly(overrides):
     """Fixed configs for options the probe found broken or that the fuzz might draw rarely."""

@@ -29,7 +29,7 @@ OPTIONS = {
     "scale_mlp_norm": "refused", "proj_bias": "modelled", "init_values": "modelled",
     "class_token": "modelled", "pos_embed": "refused", "no_embed_class": "modelled",
     "reg_tokens": "modelled", "pre_norm": "modelled", "final_norm": "modelled", "fc_norm": "modelled",
-    "pool_include_prefix": "modelled", "dynamic_img_size": "refused", "dynamic_img_pad": "refused",
+    "pool_include_prefix": "modelled", "dynamic_img_size": "modelled", "dynamic_img_pad": "refused",
     "drop_rate": "eval", "pos_drop_rate": "eval", "patch_drop_rate": "eval", "proj_drop_rate": "eval",
     "attn_drop_rate": "eval", "drop_path_rate": "eval", "weight_init": "eval", "fix_init": "eval",
     "embed_layer": "refused", "embed_norm_layer": "refused", "norm_layer": "refused", "act_layer": "refused",
@@ -44,7 +44,7 @@ HOW = {
 }
 REFUSED_VALUES = {
     "qk_norm": "`True`", "scale_attn_norm": "`True`", "scale_mlp_norm": "`True`", "pos_embed": "`'none'`",
-    "dynamic_img_size": "`True`", "dynamic_img_pad": "`True`", "embed_layer": "anything but timm's `PatchEmbed`",
+    "dynamic_img_pad": "`True`", "embed_layer": "anything but timm's `PatchEmbed`",
     "embed_norm_layer": "any norm", "norm_layer": "anything but LayerNorm (any eps)",
     "act_layer": "anything but GELU, GELU-tanh, QuickGELU, ReLU", "block_fn": "anything but timm's `Block`",
     "mlp_layer": "anything but timm's `Mlp`", "attn_layer": "anything but timm's `Attention`",
@@ -53,8 +53,8 @@ NOTES = {
     "global_pool": "`'token'`, `'avg'`, `'max'`, `'avgmax'`, `'map'` (SigLIP's attention pool, hooked) modelled; "
     "`''`, `'prr'` refused",
     "depth": "`0` refused", "pool_include_prefix": "modelled for the avg/max/avgmax pools",
-    "dynamic_img_size": "refused: `True` (HookedViT's grid is fixed when it is built; create the model with "
-    "`dynamic_img_size=False` and the `img_size` to run at)",
+    "dynamic_img_size": "`True` modelled: any image size that is a whole number of patches, the position "
+    "embedding resampled per forward as timm does; every function follows the input's grid (`HookedViT.at_size`)",
     "block_fn": "refused: anything but timm's `Block` (`ResPostBlock` is post-norm: its norms act on the "
     "attention and MLP outputs, where the `ln1`/`ln2` hooks cannot sit)", "in_chans": "mean/std averaged over channels "
     "when the pretrained config has another channel count",

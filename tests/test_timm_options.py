@@ -4,7 +4,8 @@ Converted (parity with timm in fp32, atol 1e-5, on the output and every residual
 cached forward, by `test_parity_timm._check_parity`): ``in_chans`` 1 and 4 (with one mean/std value
 per channel), register tokens (``reg_tokens=``) on every family that timm builds with them, with and
 without ``no_embed_class``. Refused with an `UnsupportedModelError` that names the option and says
-why: ``block_fn=ResPostBlock`` (post-norm), ``dynamic_img_size=True`` and ``global_pool='prr'``.
+why: ``block_fn=ResPostBlock`` (post-norm), ``dynamic_img_pad=True`` and ``global_pool='prr'``.
+``dynamic_img_size=True`` converts: `test_dynamic_img_size.py`.
 SigLIP's attention pool (``global_pool='map'``) converts with parity, its hook points checked against
 the pool's own attention. The max abs differences are listed in the pytest summary.
 """
@@ -70,11 +71,9 @@ def test_res_post_block_is_refused_naming_block_fn_and_why():
         HookedViT.from_timm(module)
 
 
-def test_dynamic_img_size_is_refused_with_what_to_do():
-    with pytest.raises(UnsupportedModelError, match=r"dynamic_img_size=True.*dynamic_img_size=False"):
-        HookedViT.from_timm("vit_tiny_patch16_224", depth=1, dynamic_img_size=True)
-    # the same weights without the option convert: the message's advice works
-    assert HookedViT.from_timm("vit_tiny_patch16_224", depth=1, dynamic_img_size=False).cfg.n_layers == 1
+def test_dynamic_img_pad_is_refused_naming_it():
+    with pytest.raises(UnsupportedModelError, match=r"dynamic_img_pad=True"):
+        HookedViT.from_timm("vit_tiny_patch16_224", depth=1, img_size=32, dynamic_img_pad=True)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"num_classes": 7}, {"reg_tokens": 2, "class_token": True},
