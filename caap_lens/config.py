@@ -25,6 +25,8 @@ OutputActivation = Literal["softmax", "sigmoid", "logits"]
 OUTPUT_ACTIVATIONS = ("softmax", "sigmoid", "logits")
 OutputKind = Literal["classes", "embedding"]
 OUTPUT_KINDS = ("classes", "embedding")
+#: The ways a position embedding is resampled to another grid (`caap_lens.pos_embed`).
+POS_EMBED_RESAMPLES = ("timm", "hf", "hf_float32", "hf_float32_antialias")
 WeightsKind = Literal["random", "pretrained", "checkpoint", "bundled", "converted"]
 WEIGHTS_KINDS = ("random", "pretrained", "checkpoint", "bundled", "converted")
 #: The keys of ``data_config``: timm's eval-transform arguments (``timm.data.resolve_data_config``).
@@ -117,6 +119,9 @@ class HookedViTConfig:
         pos_embed_grid: The ``(grid_h, grid_w)`` the learned position embedding covers; None (the
             default) means ``grid_size``. Differs from ``grid_size`` only in a dynamic-size model run at
             another size (`HookedViT.at_size`), whose position embedding is resampled on every forward.
+        pos_embed_resample: How the position embedding is resampled to another grid, as the library the
+            model came from does it (`caap_lens.pos_embed`): ``"timm"`` (default), or ``"hf"``,
+            ``"hf_float32"``, ``"hf_float32_antialias"`` for Hugging Face families.
     """
 
     n_layers: int
@@ -153,6 +158,7 @@ class HookedViTConfig:
     weights: str = ""
     dynamic_img_size: bool = False
     pos_embed_grid: tuple[int, int] | None = None
+    pos_embed_resample: str = "timm"
     # Fields read by TransformerLens's ActivationCache; fixed for this architecture.
     normalization_type: str = field(default="LN", init=False)
     attn_only: bool = field(default=False, init=False)
@@ -165,6 +171,9 @@ class HookedViTConfig:
     def __post_init__(self) -> None:
         self.image_size = _pair(self.image_size, "image_size")
         self.patch_size = _pair(self.patch_size, "patch_size")
+        if self.pos_embed_resample not in POS_EMBED_RESAMPLES:
+            raise ValueError(f"pos_embed_resample must be one of {', '.join(POS_EMBED_RESAMPLES)}; "
+                             f"got {self.pos_embed_resample!r}")
         if self.pos_embed_grid is not None:
             self.pos_embed_grid = _pair(self.pos_embed_grid, "pos_embed_grid")
             if min(self.pos_embed_grid) <= 0:
@@ -289,6 +298,37 @@ class HookedViTConfig:
         """Rows of the learned position embedding."""
         grid = self.learned_grid
         return grid[0] * grid[1] + (self.n_prefix_tokens if self.pos_embed_on_prefix else 0)
+
+    def check_image_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``size`` as ints, or a ValueError unless it is a positive whole number of patches."""
+        size = (int(size[0]), int(size[1]))
+        ph, pw = self.patch_size  # type: ignore[misc]
+        if size[0] < ph or size[1] < pw or size[0] % ph or size[1] % pw:
+            raise ValueError(
+                f"image size {size} is not a whole number of {self.patch_size} patches; a dynamic-size model "
+                f"takes heights that are multiples of {ph} and widths that are multiples of {pw} (resize or crop "
+                "the images)"
+            )
+        return size
+
+    def at_size(self, image_size: int | tuple[int, int]) -> "HookedViTConfig":
+        """The config of the same dynamic-size model run on ``image_size`` images.
+
+        The position embedding keeps the grid it was learned on (``pos_embed_grid``), and ``data_config``'s
+        ``input_size`` follows the size (same resize interpolation and crop fraction).
+
+        Example:
+            >>> cfg = HookedViTConfig(n_layers=1, d_model=8, n_heads=2, d_mlp=16, image_size=16, patch_size=8,
+            ...                       dynamic_img_size=True)
+            >>> wide = cfg.at_size((16, 32))
+            >>> wide.grid_size, wide.pos_embed_grid, wide.n_pos_embed
+            ((2, 4), (2, 2), 5)
+        """
+        size = self.check_image_size(_pair(image_size, "image_size"))
+        data = None
+        if self.data_config is not None:
+            data = {**self.data_config, "input_size": (self.n_channels, *size)}
+        return dataclasses.replace(self, image_size=size, pos_embed_grid=self.learned_grid, data_config=data)
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict that `from_dict` turns back into an equal config.

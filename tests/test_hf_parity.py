@@ -280,6 +280,57 @@ def test_another_image_size_matches_hf_interpolating_its_positions(case, record_
     assert diff < TOL
 
 
+DYNAMIC = [*RESIZED, "siglip_attention_pool", "vit_model"]
+
+
+@pytest.mark.parametrize("case", DYNAMIC)
+def test_dynamic_img_size_matches_hf_at_three_sizes(case, record_diff):
+    """``from_hf(dynamic_img_size=True)``: any whole number of patches, as HF with ``interpolate_pos_encoding``."""
+    model_class, config, read = CASES[case]
+    module = _hf_model(model_class, config)
+    model = HookedViT.from_hf(module, dynamic_img_size=True)
+    assert model.cfg.dynamic_img_size and model.cfg.pos_embed_resample.startswith("hf")
+    p = model.cfg.patch_size[0]
+    kwargs = {} if case.startswith("dinov2") else {"interpolate_pos_encoding": True}
+    for size in (model.cfg.image_size, (6 * p, 4 * p), (2 * p, 5 * p)):
+        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(sum(size)))
+        with torch.no_grad():
+            expected = read(module(pixel_values=x, **kwargs))
+            diff = (model(x) - expected).abs().max().item()
+        record_diff(f"hf_{case} dynamic@{size[0]}x{size[1]}", "output (plain)", diff)
+        assert diff < TOL, (case, size, diff)
+
+
+def test_dynamic_img_size_with_image_size_keeps_the_learned_grid():
+    model_class, config, read = CASES["dinov2_registers" if "dinov2_registers" in CASES else "dinov2"]
+    module = _hf_model(model_class, config)
+    at_56 = HookedViT.from_hf(module, image_size=56)  # resampled once, at conversion
+    dynamic = HookedViT.from_hf(module, image_size=56, dynamic_img_size=True)  # resampled per forward
+    assert dynamic.cfg.image_size == (56, 56) and dynamic.cfg.pos_embed_grid == (3, 3)
+    assert dynamic.cfg.n_pos_embed == HookedViT.from_hf(module).cfg.n_pos_embed
+    x = _images(at_56)
+    with torch.no_grad():
+        assert torch.equal(dynamic(x), at_56(x))
+        wide = torch.randn(1, 3, 42, 70)  # the learned 3x3 grid resampled to 3x5, as HF resamples it
+        assert (dynamic(wide) - read(module(pixel_values=wide))).abs().max().item() < TOL
+
+
+def test_dynamic_img_size_needs_a_square_learned_grid():
+    module = hf.ViTModel(hf.ViTConfig(**_vit(image_size=(32, 48))))
+    cfg, _ = convert_hf(module)
+    assert cfg.grid_size == (4, 6)
+    with pytest.raises(UnsupportedModelError, match="dynamic_img_size=True: HF resamples only square"):
+        convert_hf(module, dynamic_img_size=True)
+
+
+def test_pos_embed_resample_names_match_the_config():
+    from caap_lens.config import POS_EMBED_RESAMPLES
+    from caap_lens.pos_embed import RESAMPLE_OPTIONS
+
+    assert tuple(RESAMPLE_OPTIONS) == POS_EMBED_RESAMPLES
+    assert RESAMPLE_OPTIONS["timm"] == RESAMPLE_OPTIONS["hf_float32_antialias"]  # the same call, two origins
+
+
 def test_image_size_needs_whole_patches():
     module = hf.ViTModel(hf.ViTConfig(**_vit()))
     with pytest.raises(UnsupportedModelError, match="not a whole number"):

@@ -12,7 +12,7 @@ PACKAGE = ROOT / "caap_lens"
 
 # README.md's order, top (imported by everyone) to bottom; names in one group are one layer.
 LAYERS = [
-    {"config", "grid", "preprocessing", "stats", "data", "_timm", "_deprecation", "_version"},
+    {"config", "grid", "pos_embed", "preprocessing", "stats", "data", "_timm", "_deprecation", "_version"},
     {"converters"},
     {"model"},
     {"loading"},

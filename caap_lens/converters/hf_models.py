@@ -33,7 +33,7 @@ from caap_lens.config import HookedViTConfig
 from caap_lens.converters.hf_clip import HF_CLIP_CLASSES, convert_hf_clip
 from caap_lens.converters.hf_config import hf_class_names as _names_from_config
 from caap_lens.converters.hf_config import import_transformers, unsupported_hf
-from caap_lens.converters.hf_pos_embed import resample_pos_embed
+from caap_lens.converters.hf_pos_embed import check_dynamic, hf_resample, resample_pos_embed
 from caap_lens.converters.hf_processor import hf_data_config, read_processor_config
 from caap_lens.converters.hf_vit import HF_VIT_CLASSES, convert_hf_vit
 
@@ -79,8 +79,8 @@ def hf_checkpoint_hint(keys: Iterable[str]) -> str | None:
             "HookedViT.from_hf(folder)")
 
 
-def convert_hf(module: nn.Module, source: str = "",
-               image_size: int | tuple[int, int] | None = None) -> tuple[HookedViTConfig, dict[str, Tensor]]:
+def convert_hf(module: nn.Module, source: str = "", image_size: int | tuple[int, int] | None = None,
+               dynamic_img_size: bool = False) -> tuple[HookedViTConfig, dict[str, Tensor]]:
     """The `HookedViTConfig` and `HookedViT` state dict of an HF vision model (one of `HF_CLASSES`).
 
     Pure: the module is read, never changed; ``HookedViT(cfg).load_state_dict(state_dict, strict=True)``
@@ -93,6 +93,10 @@ def convert_hf(module: nn.Module, source: str = "",
         image_size: Run at this size instead of the config's: the position embedding is resampled as HF
             does for it (``interpolate_pos_encoding=True``; DINOv2 always), see
             `caap_lens.converters.hf_pos_embed`.
+        dynamic_img_size: Run on images of any whole number of patches, the position embedding resampled
+            on every forward as HF does (``cfg.dynamic_img_size``; `caap_lens.model.sizing`). With
+            ``image_size``, that size becomes the model's default (``cfg.image_size``) and the embedding
+            keeps the grid it was learned on.
 
     Raises:
         UnsupportedModelError: Not a supported class, or an option HookedViT cannot run (named).
@@ -113,6 +117,10 @@ def convert_hf(module: nn.Module, source: str = "",
     else:
         hint = " (a timm model: use HookedViT.from_timm)" if type(module).__module__.startswith("timm") else ""
         raise unsupported_hf(f"{name} is not a supported Hugging Face vision model{hint}")
+    cfg = dataclasses.replace(cfg, pos_embed_resample=hf_resample(cfg.family, cfg.n_register_tokens))
+    if dynamic_img_size:
+        cfg = check_dynamic(cfg)
+        return (cfg, state_dict) if image_size is None else (cfg.at_size(image_size), state_dict)
     return (cfg, state_dict) if image_size is None else resample_pos_embed(cfg, state_dict, image_size)
 
 
@@ -154,7 +162,7 @@ def _load(path_or_name: str) -> tuple[nn.Module, str, str]:
 
 
 def read_hf_model(model_or_path: nn.Module | str | os.PathLike, image_size: int | tuple[int, int] | None = None,
-                  ) -> tuple[HookedViTConfig, dict[str, Tensor], tuple[str, ...] | None]:
+                  dynamic_img_size: bool = False) -> tuple[HookedViTConfig, dict[str, Tensor], tuple[str, ...] | None]:
     """``(cfg, state_dict, class_names)`` of an HF module, saved folder, its weights file, or hub name.
 
     For a folder with a ``preprocessor_config.json``, the processor's resize, crop, filter, mean and
@@ -168,11 +176,12 @@ def read_hf_model(model_or_path: nn.Module | str | os.PathLike, image_size: int 
         FileNotFoundError: Neither a folder nor a loadable hub name.
     """
     if isinstance(model_or_path, nn.Module):
-        cfg, state_dict = convert_hf(model_or_path, image_size=image_size)
+        cfg, state_dict = convert_hf(model_or_path, image_size=image_size, dynamic_img_size=dynamic_img_size)
         cfg = dataclasses.replace(cfg, weights="converted from a Hugging Face module (origin unknown)")
         return cfg, state_dict, _names_from_config(model_or_path.config, cfg.n_classes)
     module, kind, weights = _load(model_or_path)
-    cfg, state_dict = convert_hf(module, source=os.fspath(model_or_path), image_size=image_size)
+    cfg, state_dict = convert_hf(module, source=os.fspath(model_or_path), image_size=image_size,
+                                 dynamic_img_size=dynamic_img_size)
     cfg = dataclasses.replace(cfg, weights_kind=kind, weights=weights)
     folder = os.fspath(model_or_path)
     folder = os.path.dirname(os.path.abspath(folder)) if os.path.isfile(folder) else folder

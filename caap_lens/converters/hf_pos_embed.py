@@ -1,11 +1,13 @@
-"""Running an HF model at another image size: its position embedding resampled once, as HF resamples it.
+"""Running an HF model at another image size: its position embedding resampled as HF resamples it.
 
 HF ViTs can run at sizes other than the config's: ViT, DeiT, CLIP and SigLIP with
 ``interpolate_pos_encoding=True``, DINOv2 always. Each forward then resizes the patch rows of the
-position embedding (a square grid) bicubically to the input's grid, the prefix rows unchanged. HookedViT
-runs at one size, so `resample_pos_embed` does that resize once, at conversion, with the same call HF
-makes for the family (DINOv2 in float32, DINOv2-with-registers with antialiasing as well): the converted
-model at ``image_size`` equals HF at that size.
+position embedding (a square grid) bicubically to the input's grid, the prefix rows unchanged, each
+family in its own way (`hf_resample`: DINOv2 in float32, DINOv2-with-registers with antialiasing as
+well; `caap_lens.pos_embed`). A converted model records that way as ``cfg.pos_embed_resample``. Two uses:
+`resample_pos_embed` does the resize once, at conversion (``from_hf(image_size=)``), and
+``from_hf(dynamic_img_size=True)`` leaves it to each forward, so the model runs on any whole number of
+patches, as HF does. Either way the converted model at a size equals HF at that size.
 
 Example:
     >>> import torch
@@ -16,19 +18,16 @@ Example:
     ((4, 4), (17, 8))
 """
 
-from __future__ import annotations
-
 import dataclasses
-import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from caap_lens.config import HookedViTConfig
 from caap_lens.converters.hf_config import unsupported_hf
+from caap_lens.pos_embed import resample_cells
 
-__all__ = ["resample_pos_embed"]
+__all__ = ["resample_pos_embed", "hf_resample", "check_dynamic"]
 
 
 def resample_pos_embed(cfg: HookedViTConfig, state_dict: dict[str, Tensor],
@@ -51,12 +50,27 @@ def resample_pos_embed(cfg: HookedViTConfig, state_dict: dict[str, Tensor],
     new_grid = (size[0] // cfg.patch_size[0], size[1] // cfg.patch_size[1])  # type: ignore[index]
     pos = state_dict["pos_embed.W_pos"]
     n_prefix = pos.shape[0] - grid_h * grid_w
-    patches = pos[n_prefix:].reshape(1, grid_h, grid_w, -1).permute(0, 3, 1, 2)
-    dinov2 = cfg.family == "dinov2"
-    antialias = dinov2 and cfg.n_register_tokens > 0
-    resized = F.interpolate(patches.to(torch.float32) if dinov2 else patches, size=new_grid, mode="bicubic",
-                            align_corners=False, antialias=antialias).to(pos.dtype)
-    resized = resized.permute(0, 2, 3, 1).reshape(math.prod(new_grid), -1)
+    resized = resample_cells(pos[n_prefix:], (grid_h, grid_w), new_grid, cfg.pos_embed_resample)
     state = dict(state_dict)
     state["pos_embed.W_pos"] = torch.cat([pos[:n_prefix], resized])
     return dataclasses.replace(cfg, image_size=size, data_config=None), state
+
+
+def hf_resample(family: str, n_register_tokens: int) -> str:
+    """How HF resamples the position embedding of a family (a `caap_lens.pos_embed` name).
+
+    Example:
+        >>> hf_resample("vit", 0), hf_resample("dinov2", 0), hf_resample("dinov2", 4)
+        ('hf', 'hf_float32', 'hf_float32_antialias')
+    """
+    if family != "dinov2":
+        return "hf"
+    return "hf_float32_antialias" if n_register_tokens else "hf_float32"
+
+
+def check_dynamic(cfg: HookedViTConfig) -> HookedViTConfig:
+    """``cfg`` marked dynamic-size, or an `UnsupportedModelError` when HF itself could not resample it."""
+    if cfg.grid_size[0] != cfg.grid_size[1]:
+        raise unsupported_hf(f"dynamic_img_size=True: HF resamples only square position grids; this model's is "
+                             f"{cfg.grid_size}")
+    return dataclasses.replace(cfg, dynamic_img_size=True)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from caap_lens.pos_embed import check_resample, resample_cells
+
 
 class PatchEmbed(nn.Module):
     """A strided convolution over non-overlapping patches, after learned prefix tokens."""
@@ -61,8 +63,8 @@ class PosEmbed(nn.Module):
 
     ``W_pos`` holds the rows for the prefix tokens that get a position (all of them, or none) and then
     one row per cell of ``learned_grid``. An input on another grid (a dynamic-size model) gets the
-    patch rows resampled as timm's ``resample_abs_pos_embed`` does: bicubic, antialiased, in float32,
-    back in the embedding's dtype; the prefix rows are kept. On the learned grid nothing is resampled.
+    patch rows resampled the way ``resample`` names (`caap_lens.pos_embed`: timm's by default); the
+    prefix rows are kept. On the learned grid nothing is resampled.
 
     Example:
         >>> pos = PosEmbed(d_model=4, learned_grid=(2, 2), n_prefix=1, pos_on_prefix=True)
@@ -70,9 +72,11 @@ class PosEmbed(nn.Module):
         (torch.Size([2, 5, 4]), torch.Size([1, 7, 4]))
     """
 
-    def __init__(self, d_model: int, learned_grid: tuple[int, int], n_prefix: int, pos_on_prefix: bool):
+    def __init__(self, d_model: int, learned_grid: tuple[int, int], n_prefix: int, pos_on_prefix: bool,
+                 resample: str = "timm"):
         super().__init__()
         self.learned_grid = tuple(learned_grid)
+        self.resample = check_resample(resample)
         self.n_embedded_prefix = n_prefix if pos_on_prefix else 0  # prefix rows in W_pos
         self.n_unembedded = 0 if pos_on_prefix else n_prefix  # leading prefix tokens that get no position
         n_rows = self.n_embedded_prefix + learned_grid[0] * learned_grid[1]
@@ -83,12 +87,8 @@ class PosEmbed(nn.Module):
         pos = self.W_pos
         if tuple(grid_size) == self.learned_grid:
             return pos
-        prefix, cells = pos[: self.n_embedded_prefix], pos[self.n_embedded_prefix :]
-        d_model = pos.shape[1]
-        cells = cells.float().reshape(1, *self.learned_grid, d_model).permute(0, 3, 1, 2)  # [1, d, gh, gw]
-        cells = F.interpolate(cells, size=tuple(grid_size), mode="bicubic", antialias=True)
-        cells = cells.permute(0, 2, 3, 1).reshape(-1, d_model).to(pos.dtype)
-        return torch.cat([prefix, cells], dim=0)
+        cells = resample_cells(pos[self.n_embedded_prefix :], self.learned_grid, grid_size, self.resample)
+        return torch.cat([pos[: self.n_embedded_prefix], cells], dim=0)
 
     def forward(self, batch: int, grid_size: tuple[int, int] | None = None) -> Float[Tensor, "batch pos d_model"]:
         pos = self.resampled(self.learned_grid if grid_size is None else grid_size)

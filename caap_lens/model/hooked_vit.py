@@ -54,7 +54,7 @@ from caap_lens.model.attention_pool import AttentionPool
 from caap_lens.model.block import TransformerBlock
 from caap_lens.model.embed import PatchEmbed, PosEmbed
 from caap_lens.model.layer_norm import LayerNorm, has_hooks
-from caap_lens.model.sizing import check_size, config_at_size, grid_of
+from caap_lens.model.sizing import grid_of
 from caap_lens.model.tl_surface import TransformerLensSurface, ViTActivationCache
 from caap_lens.preprocessing import preprocess
 
@@ -75,7 +75,8 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
         self.embed = PatchEmbed(
             d, cfg.patch_size, cfg.n_channels, cfg.class_token, cfg.distilled, cfg.n_register_tokens
         )
-        self.pos_embed = PosEmbed(d, cfg.learned_grid, cfg.n_prefix_tokens, cfg.pos_embed_on_prefix)
+        self.pos_embed = PosEmbed(d, cfg.learned_grid, cfg.n_prefix_tokens, cfg.pos_embed_on_prefix,
+                                  cfg.pos_embed_resample)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.ln_pre = LayerNorm(d, cfg.eps) if cfg.pre_norm else None
@@ -241,11 +242,13 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
 
     @classmethod
     def from_hf(cls, model_or_path: Any, class_names: Sequence[str] | None = None,
-                image_size: int | tuple[int, int] | None = None) -> "HookedViT":
+                image_size: int | tuple[int, int] | None = None, dynamic_img_size: bool = False) -> "HookedViT":
         """Converts a Hugging Face ViT, DeiT, DINOv2, CLIP or SigLIP model: a module, a folder written by
         ``save_pretrained`` (offline; its image processor becomes ``cfg.data_config``), its
         ``model.safetensors``, or a hub name. What each class outputs: `caap_lens.converters.HF_CLASSES`;
-        ``image_size`` runs it at another size (position embedding resampled as HF does).
+        ``image_size`` runs it at another size (position embedding resampled as HF does);
+        ``dynamic_img_size=True`` runs it at any size, as HF with ``interpolate_pos_encoding=True``
+        (`caap_lens.model.sizing`).
 
         Example:
             >>> from caap_lens.converters.hf_config import import_transformers
@@ -255,7 +258,8 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
             >>> HookedViT.from_hf(hf.Dinov2Model(config)).cfg.grid_size
             (2, 2)
         """
-        cfg, state_dict, names = converters.read_hf_model(model_or_path, image_size=image_size)
+        cfg, state_dict, names = converters.read_hf_model(model_or_path, image_size=image_size,
+                                                          dynamic_img_size=dynamic_img_size)
         return cls.from_state_dict(cfg, state_dict, class_names=class_names if class_names is not None else names)
 
     @classmethod
@@ -357,7 +361,7 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
             )
         view = object.__new__(type(self))
         view.__dict__.update(base.__dict__)  # the same modules, parameters, hook points and lock
-        cfg = config_at_size(base.cfg, size)
+        cfg = base.cfg.at_size(size)
         view.__dict__.update(cfg=cfg, grid=grid_of(cfg), _base=base)
         return view
 
@@ -397,7 +401,7 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
                          ", or convert the model with timm's dynamic_img_size=True to run it at other sizes")
             raise ValueError(f"expected images {expected}, got {tuple(images.shape)}; {hint}")
         if any_size:
-            check_size(cfg, tuple(images.shape[2:]))
+            cfg.check_image_size(tuple(images.shape[2:]))
         if images.dtype != self.dtype:
             raise TypeError(
                 f"images are {images.dtype} but the model is {self.dtype}: convert with images.to({self.dtype})"

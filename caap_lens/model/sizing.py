@@ -5,7 +5,8 @@ size that is a whole number of patches: its forward resamples the position embed
 grid, as timm does. What maps patches to tokens — ``model.grid``, ``cfg.n_tokens``, the shape of every
 patch map — depends on that size, so `HookedViT.at_size` returns the model *at* one size: a view that
 shares every module, parameter, hook point and the lock with the model, with a config and a `PatchGrid`
-for that size (``cfg.pos_embed_grid`` keeps the grid the embedding was learned on).
+for that size (`HookedViTConfig.at_size`: ``cfg.pos_embed_grid`` keeps the grid the embedding was learned
+on).
 
 Every caap_lens function that takes a model and images calls `at_image_size` first, so ``caap(model, x)``
 on ``x`` of another size returns maps on ``x``'s grid, and ``result.grid`` says which. Images that are not
@@ -24,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from torch import Tensor
@@ -32,32 +32,7 @@ from torch import Tensor
 from caap_lens.config import HookedViTConfig
 from caap_lens.grid import PatchGrid
 
-__all__ = ["at_image_size", "config_at_size", "check_size", "grid_of"]
-
-
-def check_size(cfg: HookedViTConfig, size: tuple[int, int]) -> tuple[int, int]:
-    """``size`` as ints, or a ValueError unless it is a positive whole number of patches."""
-    size = (int(size[0]), int(size[1]))
-    ph, pw = cfg.patch_size  # type: ignore[misc]
-    if size[0] < ph or size[1] < pw or size[0] % ph or size[1] % pw:
-        raise ValueError(
-            f"image size {size} is not a whole number of {cfg.patch_size} patches; a dynamic-size model takes "
-            f"heights that are multiples of {ph} and widths that are multiples of {pw} (resize or crop the images)"
-        )
-    return size
-
-
-def config_at_size(cfg: HookedViTConfig, size: tuple[int, int]) -> HookedViTConfig:
-    """The config of the same dynamic-size model run on ``size`` images.
-
-    The position embedding keeps the grid it was learned on (``pos_embed_grid``), and ``data_config``'s
-    ``input_size`` follows ``size`` (same resize interpolation and crop fraction).
-    """
-    size = check_size(cfg, size)
-    data = None
-    if cfg.data_config is not None:
-        data = {**cfg.data_config, "input_size": (cfg.n_channels, *size)}
-    return dataclasses.replace(cfg, image_size=size, pos_embed_grid=cfg.learned_grid, data_config=data)
+__all__ = ["at_image_size", "grid_of"]
 
 
 def at_image_size(model: Any, images: Any) -> Any:
