@@ -203,3 +203,27 @@ def test_origin_and_preprocessing_are_dinov2s_own(models, photos):
     for photo in photos[:2]:
         image = Image.fromarray(photo)
         assert torch.equal(hooked.preprocess(image), transform(image)[None])
+
+
+def test_real_backbone_at_any_size_with_dynamic_img_size(photos):
+    """The real 12-layer DINOv2-S/14 created with ``dynamic_img_size=True``: bit for bit with timm at its
+    own size and at two others (one not square), and CAAP's map on the input's own grid."""
+    from caap_lens import caap
+    from caap_lens.attribution.scores import self_similarity
+
+    timm_model = rd.create_timm_model(dynamic_img_size=True)
+    hooked = rd.load_real_dinov2(dynamic_img_size=True)
+    assert hooked.cfg.dynamic_img_size and hooked.cfg.image_size == (224, 224)
+    x224 = torch.cat([hooked.preprocess(p) for p in photos[:2]])
+    for size in ((224, 224), (168, 280), (308, 196)):
+        x = torch.nn.functional.interpolate(x224, size=size, mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            assert torch.equal(hooked(x), timm_model(x)), size
+    x = torch.nn.functional.interpolate(x224[:1], size=(168, 280), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        out = hooked(x)
+    region = torch.zeros(1, 12, 20, dtype=torch.bool)
+    region[0, 3:9, 5:15] = True
+    result = caap(hooked, x, target=torch.arange(1), score=self_similarity(out), layers=(4, 8), region=region)
+    assert result.grid.grid_size == (12, 20) and result.map.shape == (1, 1)
+    assert not hooked.list_hooks()
