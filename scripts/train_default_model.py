@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
         "class_names": list(FASHION_MNIST_CLASSES),
         "mean": mean_np.tolist(),
         "std": std_np.tolist(),
+        "output_activation": "sigmoid",  # multi-label scenes: one independent score per class
         "scene_config": dataclasses.asdict(cfg),
         "metrics": {
             "test_scenes": len(test_images),
