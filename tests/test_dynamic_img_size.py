@@ -280,3 +280,19 @@ def test_fixed_size_conversion_is_unchanged():
     assert not model.cfg.dynamic_img_size and model.cfg.pos_embed_grid is None
     with pytest.raises(ValueError, match=r"expected images \[batch, 3, 32, 32\]"):
         model(torch.randn(1, 3, 48, 48))
+
+
+def test_transformer_lens_patching_runs_on_a_view(models, x):
+    """TransformerLens's own patching helper on ``model.at_size``: equals caap_lens's CAAP at that size."""
+    from transformer_lens import patching
+
+    dynamic = models[0]
+    view = dynamic.at_size(SIZE)
+    source, context = x[:1], x[1:]
+    with torch.no_grad():
+        _, clean = view.run_with_cache(source)
+        tl = patching.get_act_patch_resid_pre(view, context, clean, lambda logits: logits[0, 2],
+                                              index_axis_names=None, index_df=view.patching_index("layer", "pos"))
+    tl = tl.reshape(view.cfg.n_layers, view.cfg.n_tokens)
+    result = caap(dynamic, source, target=2, layers=(1, 2), context=context)
+    assert (tl[1, 1:] - result.map[0].flatten()).abs().max() < 1e-5
