@@ -279,7 +279,8 @@ class HookedViTConfig:
         token, and the prefix tokens too with ``pool_include_prefix``; the same tokens for ``"map"``
         (whose actual weights are the pool's attention pattern, ``attn_pool.hook_pattern``). Methods that read "the
         readout token's" attention or gradient (`caap_lens.baselines.attention`) average over these
-        rows, with equal weights (exact for ``"avg"`` and ``"token_dist"``).
+        rows: with equal weights (exact for ``"avg"`` and ``"token_dist"``), and for ``"map"`` weighted
+        by the pool's pattern, heads averaged.
         """
         if self.pooling == "token":
             return (0,)

@@ -129,3 +129,39 @@ def test_rollout_start_layer_one_as_chefer_evaluates():
     got = attribute("rollout", model, x, 0, start_layer=1).map
     assert torch.allclose(got, rolled[:, 0, 1:].reshape(2, 2, 2), atol=1e-6)
     assert not torch.allclose(got, attribute("rollout", model, x, 0).map, atol=1e-5)
+
+
+def test_attention_pooled_models_weight_each_row_by_what_the_pool_reads():
+    """pooling='map' (SigLIP): the readout rows are the pooled tokens, each weighted by the pool's own
+    attention (heads averaged), checked against hand computations from TransformerLens hooks."""
+    model = copy.deepcopy(tiny_vit(seed=24, depth=2, img_size=32, patch_size=8, global_pool="map",
+                                   class_token=False, num_classes=5))
+    with torch.no_grad():  # a sharper pool, as trained ones are: its weights then differ clearly from 1/16
+        model.attn_pool.latent.normal_(generator=torch.Generator().manual_seed(0))
+        model.attn_pool.q.weight.mul_(30.0)
+    x, targets = images_for(model, 2, seed=6), torch.tensor([1, 3])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x)
+    w = cache["attn_pool.hook_pattern"].mean(1)[:, 0]  # [batch, 16 pooled tokens]: the pool's weights
+    assert w.shape == (2, 16) and (w.amax(-1) > 2 / 16).all()  # far from uniform: the weighting matters
+    last = cache["pattern", 1]  # [batch, head, query, key]
+
+    def weighted(rows):  # rows [batch, (head,) query, key] -> sum_q w_q rows[q]
+        shape = (2, 1, 16, 1) if rows.ndim == 4 else (2, 16, 1)
+        return (w.reshape(shape) * rows).sum(-2)
+
+    got = attribute("raw_attention", model, x, targets).map
+    assert torch.allclose(got, weighted(last.mean(1)).reshape(2, 4, 4), atol=1e-6)
+    assert not torch.allclose(got, last.mean(1).mean(1).reshape(2, 4, 4), atol=1e-3)  # equal weights differ
+    rolled = one_layer_rollout(cache["pattern", 1]) @ one_layer_rollout(cache["pattern", 0])
+    assert torch.allclose(attribute("rollout", model, x, targets).map, weighted(rolled).reshape(2, 4, 4), atol=1e-6)
+    pattern, grad = pattern_and_grad(model, x, targets, 1)
+    head_w = weighted(grad).mean(-1, keepdim=True)
+    cam = (head_w * weighted(pattern)).mean(1).clamp(min=0).reshape(2, 4, 4)
+    assert torch.allclose(attribute("attention_gradcam", model, x, targets).map, cam, atol=1e-6, rtol=1e-4)
+    relevance = torch.eye(16).repeat(2, 1, 1)
+    for layer in range(2):
+        a, g = pattern_and_grad(model, x, targets, layer)
+        relevance = relevance + (g * a).clamp(min=0).mean(1) @ relevance
+    got = attribute("gradient_weighted_attention", model, x, targets).map
+    assert torch.allclose(got, weighted(relevance).reshape(2, 4, 4), atol=1e-6, rtol=1e-4)

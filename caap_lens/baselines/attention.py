@@ -9,7 +9,10 @@ from the one description the model gives of it, `HookedViTConfig.readout_rows`:
 * a distilled DeiT (``"token_dist"``): the mean of the CLS and distillation rows (its two heads are
   averaged);
 * pooling over tokens (``"avg"``, ``"max"``, ``"avgmax"``): the mean over the patch-query rows (and
-  the prefix rows with ``pool_include_prefix``).
+  the prefix rows with ``pool_include_prefix``);
+* attention pooling (``"map"``, SigLIP): the same rows, each weighted by how much the pool reads it
+  (``attn_pool.hook_pattern``, heads averaged, from the same forward pass): the pool's query plays the
+  CLS token's part (`readout_weights`).
 
 Reading the CLS row of a model that pools the mean of its patch tokens would read a token the output
 never uses (its gradient is exactly 0): that was a defect of earlier versions, which read row 0
@@ -111,18 +114,47 @@ def readout_rows(model: HookedViTLike) -> list[int]:
     return list(model.cfg.readout_rows)
 
 
-def readout_row(model: HookedViTLike, matrix: Float[Tensor, "batch query key"]) -> Float[Tensor, "batch grid_h grid_w"]:
-    """The mean of the readout rows (`readout_rows`) over the patch tokens, on the model's grid."""
-    row = matrix[:, readout_rows(model)].mean(dim=1)
+POOL_PATTERN = "attn_pool.hook_pattern"  # [batch, head, 1, pooled tokens]: what the attention pool reads
+
+
+def readout_hooks(model: HookedViTLike, store: dict[str, Tensor]) -> list[tuple[str, Any]]:
+    """The hook that keeps the attention pool's pattern in ``store`` (none for other poolings)."""
+    return [(POOL_PATTERN, collect(store))] if model.cfg.pooling == "map" else []
+
+
+def readout_weights(model: HookedViTLike, store: dict[str, Tensor]) -> Float[Tensor, "batch rows"] | None:
+    """How much the output reads each readout row: the attention pool's pattern averaged over heads
+    (``pooling="map"``; rows as `readout_rows`), or None for equal weights (every other pooling)."""
+    if model.cfg.pooling != "map":
+        return None
+    return store[POOL_PATTERN].detach().float().mean(dim=1)[:, 0]
+
+
+def rows_mean(x: Float[Tensor, "*lead rows key"], weights: Float[Tensor, "batch rows"] | None) -> Tensor:
+    """``x`` averaged over its row axis (the readout rows), with ``weights`` per batch row if given."""
+    if weights is None:
+        return x.mean(dim=-2)
+    w = weights.to(x.dtype).reshape(weights.shape[0], *([1] * (x.ndim - 3)), weights.shape[1], 1)
+    return (w * x).sum(dim=-2)
+
+
+def readout_row(model: HookedViTLike, matrix: Float[Tensor, "batch query key"],
+                weights: Float[Tensor, "batch rows"] | None = None) -> Float[Tensor, "batch grid_h grid_w"]:
+    """The readout rows (`readout_rows`) of ``matrix`` over the patch tokens, on the model's grid: their
+    mean, or their sum weighted by `readout_weights`."""
+    row = rows_mean(matrix[:, readout_rows(model)], weights)
     return model.grid.to_grid(row[:, model.grid.n_prefix_tokens :])
 
 
-def attention_patterns(model: HookedViTLike, images: Images, layers: list[int]) -> dict[int, Pattern]:
-    """Attention patterns of ``layers`` in one forward pass (stopping after the deepest layer)."""
+def attention_patterns(model: HookedViTLike, images: Images,
+                       layers: list[int]) -> tuple[dict[int, Pattern], Float[Tensor, "batch rows"] | None]:
+    """Attention patterns of ``layers`` and the `readout_weights`, in one forward pass (which stops after
+    the deepest layer unless the attention pool's pattern is needed)."""
     store: dict[str, Tensor] = {}
-    with torch.inference_mode(), model.hooks(fwd_hooks=[(pattern_name(layer), collect(store)) for layer in layers]):
-        model(images, stop_at_layer=max(layers) + 1)
-    return {layer: store[pattern_name(layer)] for layer in layers}
+    hooks = [(pattern_name(layer), collect(store)) for layer in layers] + readout_hooks(model, store)
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        model(images, stop_at_layer=None if model.cfg.pooling == "map" else max(layers) + 1)
+    return {layer: store[pattern_name(layer)] for layer in layers}, readout_weights(model, store)
 
 
 def raw_attention(
@@ -160,8 +192,8 @@ def raw_attention(
     images, targets = check_inputs(model, images, targets)
     index = layer_index(model, layer)
     reduce_heads(torch.zeros(1, model.cfg.n_heads, 1, 1), fusion)  # validate before running
-    pattern = attention_patterns(model, images, [index])[index]
-    return readout_row(model, reduce_heads(pattern, fusion)), None
+    patterns, weights = attention_patterns(model, images, [index])
+    return readout_row(model, reduce_heads(patterns[index], fusion), weights), None
 
 
 def rollout(
@@ -200,7 +232,7 @@ def rollout(
     start = layer_index(model, start_layer, "start_layer")
     reduce_heads(torch.zeros(1, model.cfg.n_heads, 1, 1), fusion)
     layers = list(range(start, model.cfg.n_layers))
-    patterns = attention_patterns(model, images, layers)
+    patterns, weights = attention_patterns(model, images, layers)
     n = model.grid.n_tokens
     eye = torch.eye(n, device=images.device, dtype=torch.float32)
     result = eye.expand(images.shape[0], n, n)
@@ -208,25 +240,28 @@ def rollout(
         a = 0.5 * reduce_heads(patterns[layer].float(), fusion) + 0.5 * eye
         a = a / a.sum(dim=-1, keepdim=True)
         result = a @ result
-    return readout_row(model, result), None
+    return readout_row(model, result, weights), None
 
 
 def _patterns_and_grads(
     model: HookedViTLike, images: Images, targets: Targets, layers: list[int], score: ScoreLike
-) -> tuple[list[Tensor], list[Tensor]]:
-    """Attention patterns of ``layers`` and the gradient of the summed target scores on them.
+) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
+    """Attention patterns of ``layers``, the gradient of the summed target scores on them, and the
+    `readout_weights`.
 
     One forward pass, one ``torch.autograd.grad`` (images are independent, so the sum's gradient is
     each image's own); parameters get no ``.grad``.
     """
     names = [pattern_name(layer) for layer in layers]
     store: dict[str, Tensor] = {}
-    with gradients_enabled(), model.hooks(fwd_hooks=[(name, collect(store)) for name in names]):
+    hooks = [(name, collect(store)) for name in names] + readout_hooks(model, store)
+    with gradients_enabled(), model.hooks(fwd_hooks=hooks):
         x = images.detach().clone().requires_grad_(True)  # a graph even if the parameters are frozen
         total = target_scores(model(x), targets, score).sum()
         patterns = [store[name] for name in names]
         grads = grads_of(total, patterns)
-    return [p.detach().float() for p in patterns], [g.detach().float() for g in grads]
+    weights = readout_weights(model, store)
+    return [p.detach().float() for p in patterns], [g.detach().float() for g in grads], weights
 
 
 def gradient_weighted_attention(
@@ -256,13 +291,14 @@ def gradient_weighted_attention(
     model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     start = layer_index(model, start_layer, "start_layer")
-    patterns, grads = _patterns_and_grads(model, images, targets, list(range(start, model.cfg.n_layers)), score)
+    patterns, grads, weights = _patterns_and_grads(model, images, targets, list(range(start, model.cfg.n_layers)),
+                                                   score)
     n = model.grid.n_tokens
     relevance = torch.eye(n, device=images.device, dtype=torch.float32).repeat(images.shape[0], 1, 1)
     for pattern, grad in zip(patterns, grads):
         cam = (grad * pattern).clamp(min=0).mean(dim=1)
         relevance = relevance + cam @ relevance
-    return readout_row(model, relevance), None
+    return readout_row(model, relevance, weights), None
 
 
 def transformer_attribution(model: HookedViTLike, images: Images, targets: Targets, **options: Any) -> MethodOutput:
@@ -304,8 +340,8 @@ def attention_gradcam(
     model = at_image_size(model, images)  # a dynamic-size model on the images' grid
     images, targets = check_inputs(model, images, targets)
     index = layer_index(model, layer)
-    (pattern,), (grad,) = _patterns_and_grads(model, images, targets, [index], score)
+    (pattern,), (grad,), row_weights = _patterns_and_grads(model, images, targets, [index], score)
     n_prefix, rows = model.grid.n_prefix_tokens, readout_rows(model)
-    cam = pattern[:, :, rows, n_prefix:].mean(dim=2)  # [batch, head, n_patches]
-    weights = grad[:, :, rows, n_prefix:].mean(dim=2).mean(dim=-1, keepdim=True)  # [batch, head, 1]
+    cam = rows_mean(pattern[:, :, rows, n_prefix:], row_weights)  # [batch, head, n_patches]
+    weights = rows_mean(grad[:, :, rows, n_prefix:], row_weights).mean(dim=-1, keepdim=True)  # [batch, head, 1]
     return model.grid.to_grid((weights * cam).mean(dim=1).clamp(min=0)), None
