@@ -61,7 +61,9 @@ def _build() -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _caap_lens_doctest_names(request: pytest.FixtureRequest) -> None:
-    """Adds the shared names to ``doctest_namespace``, for doctest items only (tests/ pay nothing)."""
+    """Adds the shared names to ``doctest_namespace``, for doctest items only (tests/ pay nothing), and
+    runs each doctest in its own empty working directory, so examples that write files (``"out"``,
+    ``"map.safetensors"``) run as shown and leave nothing behind."""
     from _pytest.doctest import DoctestItem
 
     if not isinstance(request.node, DoctestItem):
@@ -69,3 +71,4 @@ def _caap_lens_doctest_names(request: pytest.FixtureRequest) -> None:
     if not _NAMESPACE:
         _NAMESPACE.update(_build())
     request.getfixturevalue("doctest_namespace").update(_NAMESPACE)
+    request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))

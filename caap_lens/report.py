@@ -46,7 +46,7 @@ Example:
     >>> result = caap(model, x)
     >>> top = [p["patch"] for p in result.top_patches(8)]
     >>> profile = depth_profile(model, x, result.targets, patches=top)
-    >>> write_report("out", model=model, image_tensor=x, result=result, profile=profile,  # doctest: +SKIP
+    >>> write_report("out", model=model, image_tensor=x, result=result, profile=profile,
     ...              image_name="cat.png")
     PosixPath('out/cat/report.html')
     >>> record = build_record(model, x, result, profile, image_name="cat.png")
@@ -702,7 +702,7 @@ def save_report(record: ReportRecord, out_dir: str | Path, plotly_js: str = "sha
         The path of ``report.html``.
 
     Example:
-        >>> save_report(build_record(model, x, result, image_name="cat.png"), "out")  # doctest: +SKIP
+        >>> save_report(build_record(model, x, result, image_name="cat.png"), "out")
         PosixPath('out/cat/report.html')
     """
     if plotly_js not in ("shared", "inline"):
@@ -747,8 +747,10 @@ def write_report(
         The path of ``report.html``.
 
     Example:
-        >>> path = write_report("out", model=model, image_tensor=x, result=result, profile=profile,  # doctest: +SKIP
+        >>> path = write_report("out", model=model, image_tensor=x, result=result, profile=profile,
         ...                     image_name="scene_0")
+        >>> path.name, path.parent.name
+        ('report.html', 'scene_0')
     """
     record = build_record(model, image_tensor, result, profile, image_name=image_name, source_output=source_output,
                           index=index, k=k, activation=activation, command=command, extra_timing=extra_timing,
@@ -799,7 +801,9 @@ def write_index(out_dir: str | Path, entries: list[dict[str, Any]], failed: list
         The path of ``index.html``.
 
     Example:
-        >>> write_index("out", [index_entry(record, path, "out")])  # doctest: +SKIP
+        >>> record = build_record(model, x, result, image_name="scene_0")
+        >>> path = save_report(record, "out")
+        >>> write_index("out", [index_entry(record, path, "out")])
         PosixPath('out/index.html')
     """
     out = Path(out_dir)

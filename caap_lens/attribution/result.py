@@ -118,8 +118,10 @@ class CAAPResult:
             The path written.
 
         Example:
-            >>> result.save("map.safetensors", model=model)  # doctest: +SKIP
-            >>> CAAPResult.load("map.safetensors").top_patches(3)  # doctest: +SKIP
+            >>> result.save("map.safetensors", model=model)
+            PosixPath('map.safetensors')
+            >>> torch.equal(CAAPResult.load("map.safetensors").map, result.map)
+            True
         """
         tensors = {"map": self.map, "targets": self.targets, "source_score": self.source_score,
                    "context_score": self.context_score, "source_output": self.source_output}

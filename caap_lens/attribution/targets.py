@@ -16,8 +16,8 @@ A score that names its own targets (a `TargetSpace`, such as the text prompts of
 ``target_names``, indices are checked against them, and ``"predicted"`` is its ``predict(output)``.
 
 Example:
-    >>> resolve_targets(model, "predicted", source_output)  # doctest: +SKIP
-    tensor([3, 7])
+    >>> resolve_targets(model, "predicted", result.source_output)  # the bundled model's two test scenes
+    tensor([7, 9])
 """
 
 from __future__ import annotations

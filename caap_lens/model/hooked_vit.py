@@ -315,7 +315,8 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
         resizes to ``cfg.image_size``. See `caap_lens.preprocessing`.
 
         Example:
-            >>> x = model.preprocess(PIL.Image.open("cat.png"))  # doctest: +SKIP
+            >>> model.preprocess(image).shape  # one uint8 HWC scene (PIL images and arrays work alike)
+            torch.Size([1, 3, 64, 64])
         """
         cfg = self.cfg
         x = preprocess(images, cfg.image_size, cfg.image_mean, cfg.image_std, resize,  # type: ignore[arg-type]
@@ -570,7 +571,9 @@ class HookedViT(TransformerLensSurface, HookedRootModule):
         ``apply_ln_to_stack`` aware of norms applied after pooling.
 
         Example:
-            >>> logits, cache = model.run_with_cache(images, names_filter=lambda n: "resid" in n)  # doctest: +SKIP
+            >>> logits, cache = model.run_with_cache(images, names_filter=lambda n: "resid" in n)
+            >>> cache["resid_pre", 1].shape, len(cache)  # [batch, 1 + 64 patches, d_model]; 3 per block
+            (torch.Size([2, 65, 64]), 12)
         """
         remove_batch_dim = kwargs.get("remove_batch_dim", False)
         out, cache_dict = super().run_with_cache(*model_args, **kwargs)
