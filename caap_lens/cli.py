@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes of a checkpoint's head (default: read from the checkpoint)")
     m.add_argument("--class-names", metavar="FILE|A,B,...",
                    help="class names: a text file with one per line, or a comma-separated list")
+    m.add_argument("--image-size", metavar="HxW|N",
+                   help="run a dynamic-size model at this size (images are resized to it): a timm model created "
+                        "with --timm-arg dynamic_img_size=True, or a Hugging Face model (then converted with "
+                        "dynamic_img_size=True)")
     m.add_argument("--timm-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model argument, e.g. img_size=64 or pretrained=False (repeatable)")
     a = ex.add_argument_group("attribution")
@@ -219,6 +223,33 @@ def parse_timm_args(items: Sequence[str]) -> dict[str, Any]:
             raise CLIError(f"--timm-arg must be KEY=VALUE, got {item!r}")
         out[key.strip()] = _literal(value)
     return out
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"224"`` → ``(224, 224)``; ``"168x280"`` → ``(168, 280)``.
+
+    Example:
+        >>> parse_image_size("168x280"), parse_image_size("224")
+        ((168, 280), (224, 224))
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if not match or int(match.group(1)) == 0 or (match.group(2) is not None and int(match.group(2)) == 0):
+        raise CLIError(f"--image-size must be HxW or N in pixels, e.g. 168x280 or 224, got {text!r}")
+    height = int(match.group(1))
+    return height, int(match.group(2)) if match.group(2) is not None else height
+
+
+def at_image_size(model: Any, text: str | None) -> Any:
+    """``model.at_size`` of ``--image-size``, or a one-line error that says how to get a dynamic-size model."""
+    if not text:
+        return model
+    size = parse_image_size(text)
+    try:
+        return model.at_size(size)
+    except ValueError as err:
+        hint = "" if model.cfg.dynamic_img_size else (" (for a timm model add --timm-arg dynamic_img_size=True; "
+                                                     "Hugging Face models take any size)")
+        raise CLIError(f"--image-size {text}: {err}{hint}") from None
 
 
 def parse_layers(text: str, n_layers: int) -> tuple[int, int]:
@@ -533,7 +564,7 @@ def _load_hf(source: str, args: argparse.Namespace, timm_kwargs: dict[str, Any],
     if timm_kwargs or getattr(args, "arch", None) or getattr(args, "num_classes", None) is not None:
         raise CLIError(f"--timm-arg, --arch and --num-classes do not apply to the Hugging Face model {source!r} "
                        "(its config.json says what it is)")
-    model = HookedViT.from_hf(source)
+    model = HookedViT.from_hf(source, dynamic_img_size=bool(getattr(args, "image_size", None)))
     if class_names is not None:
         model.class_names = _checked_names(class_names, model.cfg.n_classes)
     cfg = model.cfg
@@ -681,7 +712,7 @@ def explain(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     t0 = time.perf_counter()
     model, description, bundled = load_model(args)
     device = _device(args.device)
-    model = model.to(device)
+    model = at_image_size(model.to(device), args.image_size)
     load_seconds = time.perf_counter() - t0
     n_layers = model.cfg.n_layers
     outputs = (f"{model.cfg.n_classes} classes" if getattr(model.cfg, "output_kind", "classes") == "classes"

@@ -550,3 +550,31 @@ def test_a_hugging_face_clip_projection_is_explained_as_an_embedding(tmp_path, c
     assert main(_hf_args(image, str(tmp_path / "clip"), tmp_path / "o", "--target", "3")) == 2
     err = capsys.readouterr().err
     assert "16-d embedding" in err and "--prompts" in err
+
+
+def test_image_size_runs_a_dynamic_size_model_at_that_size(files, tmp_path, capsys):
+    """``--image-size`` with a timm model created with ``dynamic_img_size=True``: the map is on that size's grid."""
+    out = tmp_path / "wide"
+    argv = ["explain", str(files / "rgb.png"), "--model", ARCH, "--timm-arg", "pretrained=False", "--timm-arg",
+            "img_size=32", "--timm-arg", "depth=2",
+            "--timm-arg", "dynamic_img_size=True", "--image-size", "48x80", "--no-depth", "--no-progress",
+            "--out", str(out)]
+    assert main(argv) == 0
+    assert "grid 3x5" in capsys.readouterr().out
+    assert np.load(out / "rgb" / "map.npy").shape == (3, 5)
+    record = json.loads((out / "rgb" / "map.json").read_text())
+    assert record["model"]["image_size"] == [48, 80]
+    # a fixed-size model: one line that says how to get a dynamic one
+    assert main(base(files, str(files / "rgb.png"), "--image-size", "48x80", "--out", str(tmp_path))) == 2
+    err = capsys.readouterr().err
+    assert "--image-size 48x80" in err and "dynamic_img_size=True" in err and len(err.strip().splitlines()) == 1
+    assert main(base(files, str(files / "rgb.png"), "--image-size", "48xx", "--out", str(tmp_path))) == 2
+    assert "HxW or N" in capsys.readouterr().err
+
+
+def test_image_size_runs_a_hugging_face_model_at_that_size(hf_vit_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image = _hf_image(tmp_path)
+    assert main(_hf_args(image, str(hf_vit_folder), tmp_path / "w", "--image-size", "48x40")) == 0
+    capsys.readouterr()
+    assert np.load(tmp_path / "w" / "hf" / "map.npy").shape == (6, 5)
