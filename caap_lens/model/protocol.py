@@ -3,7 +3,8 @@
 CAAP, the sweeps, the baselines and the metrics are written against this protocol, not against
 `HookedViT` itself: a model that offers these members (a wrapper, a subclass, a test double) works
 with them. `HookedViT` implements it; ``isinstance(model, HookedViTLike)`` checks that the members
-exist (not their signatures).
+exist (not their signatures). A model with ``cfg.dynamic_img_size=True`` needs one more,
+``at_size(image_size)``: the model at another size (`caap_lens.model.sizing`).
 
 Example:
     >>> from caap_lens.config import HookedViTConfig
