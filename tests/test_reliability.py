@@ -160,8 +160,10 @@ def _empty(fn: str) -> Callable[[Path], Any]:
             return window_sweep(tiny(), x)
         if fn == "depth_profile":
             return depth_profile(tiny(), x)
-        from caap_lens.baselines import attribute
+        from caap_lens.baselines import METHODS, attribute
 
+        if fn.startswith("direct:"):  # the method function itself, not through attribute()
+            return METHODS[fn.split(":")[1]](tiny(), x, torch.empty(0, dtype=torch.long))
         return attribute(fn.split(":")[1], tiny(), x)
 
     return run
@@ -323,6 +325,12 @@ CASES: list[Case] = [
          _empty("attribute:caap"), ValueError, ("empty batch", "at least one image")),
     Case("empty_attribute_occlusion", "attribute('occlusion')", "empty batch", "raises",
          "the same error (was a torch.cat error)", _empty("attribute:occlusion"), ValueError,
+         ("empty batch", "at least one image")),
+    Case("empty_direct_rollout", "baselines.rollout", "empty batch, the method called directly", "raises",
+         "the same error (was a silent empty map)", _empty("direct:rollout"), ValueError,
+         ("empty batch", "at least one image")),
+    Case("empty_direct_occlusion", "baselines.occlusion", "empty batch, the method called directly", "raises",
+         "the same error (was a torch.cat error)", _empty("direct:occlusion"), ValueError,
          ("empty batch", "at least one image")),
     Case("score_scalar", "caap", "a score callable returning one scalar", "raises", "clear error (reshape error)",
          _scalar_score, ValueError, ("one value per row",)),

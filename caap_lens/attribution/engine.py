@@ -57,7 +57,7 @@ from caap_lens.model.sizing import at_image_size
 from caap_lens.patching import patchable_hook_name
 from caap_lens.preprocessing import check_finite, warn_if_unnormalised
 
-__all__ = ["caap", "patched_scores", "prepare_images", "build_units", "CAAPSettings", "caap_settings",
+__all__ = ["caap", "patched_scores", "prepare_images", "check_not_empty", "build_units", "CAAPSettings", "caap_settings",
            "check_window", "check_batch_size", "default_window"]
 
 
@@ -77,6 +77,11 @@ def prepare_images(model: HookedViTLike, images: Any) -> Tensor:
         warn_if_unnormalised(x)
     else:
         x = model.preprocess(images)
+    return check_not_empty(x)
+
+
+def check_not_empty(x: Tensor) -> Tensor:
+    """``x``, or a ValueError if it is an empty batch (there is nothing to attribute)."""
     if x.shape[0] == 0:
         raise ValueError(
             f"images is an empty batch {tuple(x.shape)}: there is nothing to attribute; pass at least one image"

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from caap_lens._deprecation import UNSET
 from caap_lens.attribution.contexts import resolve_context
-from caap_lens.attribution.engine import caap_settings, caap_with, prepare_images
+from caap_lens.attribution.engine import caap_settings, caap_with, check_not_empty, prepare_images
 from caap_lens.attribution.scores import ScoreLike, resolve_score, scores_index_classes, target_space
 from caap_lens.attribution.storage import describe_settings, load_result, save_result
 from caap_lens.attribution.targets import TargetLike, resolve_targets
@@ -279,7 +279,7 @@ def check_patch_map(model: HookedViTLike, patch_map: Any, batch: int, name: str 
 # ---------------------------------------------------------------------- helpers for the methods
 def check_inputs(model: HookedViTLike, images: Any, targets: Any) -> tuple[Images, Targets]:
     """Checked images on the model's device and targets as a ``[batch]`` long CPU tensor."""
-    images = model.check_images(images)
+    images = check_not_empty(model.check_images(images))
     targets = torch.as_tensor(targets).long().cpu().reshape(-1)
     if targets.shape[0] != images.shape[0]:
         raise ValueError(f"got {targets.shape[0]} targets for {images.shape[0]} images: give one per image")
