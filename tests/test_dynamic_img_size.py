@@ -296,3 +296,18 @@ def test_transformer_lens_patching_runs_on_a_view(models, x):
     tl = tl.reshape(view.cfg.n_layers, view.cfg.n_tokens)
     result = caap(dynamic, source, target=2, layers=(1, 2), context=context)
     assert (tl[1, 1:] - result.map[0].flatten()).abs().max() < 1e-5
+
+
+def test_docs_example_runs():
+    """The runnable example of the "Any image size" section of docs/howto/own-model.md."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "howto" / "own-model.md").read_text(encoding="utf-8")
+    section = text[text.index("### Any image size"):]
+    section = section[:section.index("\n#", 1)]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == 1
+    names: dict = {}
+    exec(compile(blocks[0], "own-model.md", "exec"), names)
+    assert names["result"].map.shape == (1, 4, 8) and names["result"].grid.grid_size == (4, 8)
+    assert names["model"].at_size((64, 128)).cfg.n_tokens == 33
