@@ -126,6 +126,25 @@ class PatchGrid:
             raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
         return out.reshape(*lead, *self.image_size)
 
+    def compose(
+        self,
+        shown: Bool[Tensor, "rows gh gw"],
+        images: Float[Tensor, "rows channel height width"],
+        other: Float[Tensor, "rows channel height width"],
+    ) -> Float[Tensor, "rows channel height width"]:
+        """``images`` on the patches where ``shown`` is True and ``other`` everywhere else.
+
+        The one way patches are composited over a substrate: deletion/insertion curves and the
+        ``layers="auto"`` criterion both call it.
+
+        Example:
+            >>> grid = PatchGrid(grid_size=(1, 2), patch_size=(1, 1), n_prefix_tokens=0)
+            >>> grid.compose(torch.tensor([[[True, False]]]), torch.ones(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
+            tensor([[[[1., 0.]]]])
+        """
+        pixels = self.to_pixels(shown.float()) > 0.5  # [rows, H, W]
+        return torch.where(pixels[:, None].to(images.device), images, other)
+
     def pool_pixels(
         self, pixel_map: Float[Tensor, "*batch height width"], reduce: str = "mean"
     ) -> Float[Tensor, "*batch gh gw"]:

@@ -112,9 +112,8 @@ def _insertion_scores(model: HookedViTLike, images: Tensor, ctx_images: Tensor, 
     with torch.inference_mode():
         for begin in range(0, rows.shape[0], batch_size):
             idx = image_of_row[begin:begin + batch_size]
-            pixels = grid.to_pixels(rows[begin:begin + batch_size].reshape(-1, *grid.grid_size).float())
-            mask = pixels.to(images.device, images.dtype).unsqueeze(1)
-            composite = mask * images[idx] + (1 - mask) * ctx_images[idx]
+            composite = grid.compose(rows[begin:begin + batch_size].reshape(-1, *grid.grid_size), images[idx],
+                                     ctx_images[idx])
             out.append(score(model(composite).float(), targets.to(images.device)[idx]).cpu())
     return torch.cat(out).reshape(n_cand, batch, len(counts)).mean(-1)
 

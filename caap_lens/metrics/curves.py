@@ -182,9 +182,8 @@ def _replaced(ranks: Tensor, counts: Tensor, mode: Mode) -> Bool[Tensor, "rows n
 
 def _compose(model: HookedViTLike, images: Tensor, substrate: Tensor, replaced: Tensor, unit: Unit) -> Tensor:
     if unit == "patch":
-        pixel_mask = model.grid.to_pixels(replaced.view(-1, *model.grid.grid_size).float()) > 0.5
-    else:
-        pixel_mask = replaced.view(-1, *model.cfg.image_size)
+        return model.grid.compose(replaced.view(-1, *model.grid.grid_size), substrate, images)
+    pixel_mask = replaced.view(-1, *model.cfg.image_size)
     return torch.where(pixel_mask[:, None], substrate, images)
 
 
