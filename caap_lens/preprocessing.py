@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 
@@ -292,6 +292,50 @@ def preprocess(
     mean_t = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - mean_t) / std_t
+
+
+_NOT_GEOMETRY = ("MaybeToTensor", "ToTensor", "Normalize", "MaybePILToTensor", "PILToTensor")
+
+
+def preprocess_mask(
+    mask: Any,
+    image_size: tuple[int, int],
+    data_config: Mapping[str, Any] | None = None,
+    n_channels: int = 3,
+) -> Bool[Tensor, "height width"]:
+    """A boolean ``[H, W]`` mask of an image, moved to where `preprocess` moves the image's pixels.
+
+    The same geometry as the image, with nearest-neighbour sampling: timm's resize and centre crop
+    (``data_config``; its interpolation replaced by ``"nearest"``), or, without a data config, the
+    same stretch to ``image_size``. A mask of the image's own pixels then marks the same content
+    in the model input, whatever the crop.
+
+    Example:
+        >>> m = np.zeros((80, 100), dtype=bool); m[:, 50:] = True  # the right half of an 80x100 image
+        >>> timm_like = {"input_size": (3, 64, 64), "interpolation": "bicubic", "crop_pct": 1.0,
+        ...              "crop_mode": "center", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+        >>> out = preprocess_mask(m, (64, 64), timm_like)  # short side to 64 (64x80), centre crop
+        >>> tuple(out.shape), int(out[0].sum())  # 40 of the 80 columns were right of centre; 32 kept
+        ((64, 64), 32)
+    """
+    m = torch.as_tensor(np.asarray(mask)).bool()
+    if m.ndim != 2:
+        raise ValueError(f"a mask must be [height, width], got shape {tuple(m.shape)}")
+    if data_config is None:
+        if tuple(m.shape) == tuple(image_size):
+            return m
+        return F.interpolate(m[None, None].float(), size=tuple(image_size), mode="nearest")[0, 0].bool()
+    from PIL import Image
+
+    config = {**data_config, "input_size": (n_channels, *image_size), "interpolation": "nearest"}
+    image = Image.fromarray(m.numpy().astype(np.uint8) * 255)
+    for step in timm_transform(config).transforms:
+        if type(step).__name__ not in _NOT_GEOMETRY:
+            image = step(image)
+    out = torch.from_numpy(np.asarray(image) > 127)
+    if tuple(out.shape) != tuple(image_size):  # pragma: no cover - timm's eval transform always ends at input_size
+        raise ValueError(f"the mask came out {tuple(out.shape)}, not the model's {tuple(image_size)}")
+    return out
 
 
 def denormalize(

@@ -61,21 +61,25 @@ def test_forward_matches_timm_at_three_sizes(family, record_diff):
 SIZE = (48, 40)  # a 6x5 grid on a model built for 32x32 (4x4)
 
 
-@pytest.fixture(scope="module")
-def models() -> tuple[HookedViT, HookedViT]:
+def dynamic_and_fixed(num_classes: int = 5) -> tuple[HookedViT, HookedViT]:
     """(dynamic model built for 32x32, fixed-size model built by timm at 48x40 from the same weights)."""
     timm = get_timm()
     from timm.layers import resample_abs_pos_embed
 
-    dynamic_timm = make_timm("vit_tiny_patch16_224", depth=3, img_size=32, patch_size=8, num_classes=5,
+    dynamic_timm = make_timm("vit_tiny_patch16_224", depth=3, img_size=32, patch_size=8, num_classes=num_classes,
                              dynamic_img_size=True)
     fixed_timm = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=3, img_size=SIZE, patch_size=8,
-                                   num_classes=5).eval()
+                                   num_classes=num_classes).eval()
     state = dict(dynamic_timm.state_dict())
     state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=(6, 5), old_size=(4, 4),
                                                 num_prefix_tokens=1)
     fixed_timm.load_state_dict(state)
     return HookedViT.from_timm(dynamic_timm), HookedViT.from_timm(fixed_timm)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[HookedViT, HookedViT]:
+    return dynamic_and_fixed()
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +315,23 @@ def test_docs_example_runs():
     exec(compile(blocks[0], "own-model.md", "exec"), names)
     assert names["result"].map.shape == (1, 4, 8) and names["result"].grid.grid_size == (4, 8)
     assert names["model"].at_size((64, 128)).cfg.n_tokens == 33
+
+
+def test_an_evaluation_runs_on_a_view_and_refuses_tensors_of_another_size(tmp_path):
+    """`evaluate` on ``model.at_size(...)`` gives the fixed-size model's table (32x32 scenes and their masks
+    preprocessed to 48x40); the model itself refuses a normalised tensor of another size, saying what to do."""
+    from caap_lens.evaluation import evaluate
+    from caap_lens.evaluation.execution import _preprocess
+    from caap_lens.evaluation.sources import SceneSource
+
+    from test_evaluation import FakeScenes, plan_for, table_of
+
+    dynamic, fixed = dynamic_and_fixed(num_classes=10)
+    source = SceneSource(FakeScenes(3), name="fake")
+    plan = plan_for(metrics=["deletion", "pointing", "auroc"], chunk=3)
+    tables = [table_of(evaluate(m, source, plan, tmp_path / name, progress=False, log=lambda s: None).results)
+              for name, m in (("view", dynamic.at_size(SIZE)), ("fixed", fixed))]
+    rows = [t["rows"] for t in tables]
+    assert rows[0] == rows[1] and len(rows[0]) == 3  # caap, rollout, random
+    with pytest.raises(ValueError, match=r"evaluation runs at the model's image size \(32, 32\).*at_size"):
+        _preprocess(dynamic, torch.randn(3, *SIZE))

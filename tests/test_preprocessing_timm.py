@@ -181,3 +181,27 @@ def test_models_with_other_channel_counts(channels):
     assert x.shape == (1, channels, 224, 224) and model(x).shape == (1, 1000)
     if channels == 1:
         torch.testing.assert_close(model.preprocess(Image.fromarray(array[..., 0])), x, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("key", ["vit_s16", "dinov2_s14"])
+@pytest.mark.parametrize("shape", [(300, 200), (180, 420), (224, 224)])
+def test_a_mask_follows_the_image_through_resize_and_crop(key, shape):
+    """`preprocess_mask` moves a mask where `preprocess` moves the image's pixels: a white rectangle on
+    black, preprocessed as an image, is bright exactly where its mask, preprocessed as a mask, is True
+    (up to the resampled edge)."""
+    from caap_lens.preprocessing import preprocess_mask
+
+    _, model = _models(key)
+    h, w = shape
+    mask = np.zeros(shape, dtype=bool)
+    mask[h // 5 : h // 2, w // 3 : w - w // 6] = True
+    pixels = np.where(mask[..., None], 255, 0).astype(np.uint8).repeat(3, axis=-1)
+    x = model.preprocess(Image.fromarray(pixels))[0]
+    mean, std = torch.tensor(model.cfg.image_mean).view(3, 1, 1), torch.tensor(model.cfg.image_std).view(3, 1, 1)
+    bright = ((x * std + mean).mean(0) > 0.5)
+    moved = preprocess_mask(mask, model.cfg.image_size, model.cfg.data_config)
+    edge = F.max_pool2d(moved[None].float(), 5, 1, 2)[0].bool() & ~(-F.max_pool2d(-moved[None].float(), 5, 1, 2)[0]).bool()
+    assert (bright == moved)[~edge].all()  # away from the edge: the same pixels
+    squashed = preprocess_mask(mask, model.cfg.image_size)  # no data config: a plain stretch
+    if shape[0] != shape[1] or model.cfg.data_config["crop_pct"] < 1:
+        assert (squashed != bright).float().mean() > 0.02  # the crop matters: a stretched mask would be wrong

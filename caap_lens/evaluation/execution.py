@@ -37,6 +37,7 @@ from caap_lens.evaluation.plan import Plan
 from caap_lens.evaluation.sources import Item, fingerprint
 from caap_lens.evaluation.store import FORMAT, PlanMismatch, Store, StoreError
 from caap_lens.model.protocol import HookedViTLike
+from caap_lens.preprocessing import preprocess_mask
 
 
 @dataclass
@@ -135,11 +136,18 @@ def _schema(plan: Plan) -> Any:
     return pa.schema(fields)
 
 
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> Tensor:
-    m = torch.as_tensor(np.asarray(mask)).bool()
-    if tuple(m.shape[-2:]) == tuple(size):
-        return m
-    return torch.nn.functional.interpolate(m[None].float(), size=size, mode="nearest")[0].bool()
+def _resize_mask(model: HookedViTLike, mask: np.ndarray, image: Any) -> Tensor:
+    """``mask`` on the model input of ``image``: a tensor input is already there, anything else is
+    preprocessed, and its mask follows the same resize and crop (`preprocess_mask`)."""
+    cfg = model.cfg
+    size = tuple(cfg.image_size)
+    m = np.asarray(mask)
+    if isinstance(image, Tensor) and image.is_floating_point():  # taken as model input: no geometry applied
+        if tuple(m.shape[-2:]) != size:
+            raise ValueError(f"a mask of {tuple(m.shape[-2:])} pixels for a model input of {size}: the masks of "
+                             "tensor images must be at the model's size")
+        return torch.as_tensor(m).bool()
+    return preprocess_mask(m, size, getattr(cfg, "data_config", None), cfg.n_channels)
 
 
 def _preprocess(model: HookedViTLike, image: Any) -> Tensor:
@@ -195,9 +203,9 @@ class _Chunk:
         for k, (j, t) in enumerate(zip(unit_item, unit_target)):
             m = items[j].masks
             if m is not None and t in m:
-                masks[k] = _resize_mask(m[t], size)
+                masks[k] = _resize_mask(model, m[t], items[j].image)
                 has[k] = True
-            others.append([_resize_mask(v, size) for c, v in sorted((m or {}).items()) if c != t])
+            others.append([_resize_mask(model, v, items[j].image) for c, v in sorted((m or {}).items()) if c != t])
         n_others = torch.tensor([len(o) for o in others])
         other_masks = None
         if int(n_others.max()) > 0:
@@ -225,7 +233,7 @@ class _Chunk:
             for k, (j, t) in enumerate(zip(unit_item, unit_target)):
                 im = np.asarray(items[j].extras["item_masks"])
                 for q in range(im.shape[0]):
-                    item_masks[k, q] = _resize_mask(im[q], size)
+                    item_masks[k, q] = _resize_mask(model, im[q], items[j].image)
                 if j in removed:
                     out, valid = removed[j]  # type: ignore[misc]
                     tgt = torch.full((len(valid),), t, dtype=torch.long)
