@@ -18,6 +18,8 @@ Example:
     ((4, 4), (17, 8))
 """
 
+from __future__ import annotations
+
 import dataclasses
 
 import torch
